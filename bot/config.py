@@ -1,0 +1,137 @@
+"""Configuration from the environment and ``.env`` (pydantic-settings).
+
+Every variable is listed with a comment in ``.env.example``. Secrets are ``SecretStr`` so
+they never show up in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ProviderChoice = Literal["auto", "groq", "elevenlabs", "did", "local", "none"]
+
+DEFAULT_SPEAKERS = {
+    # The original notebook's named speakers -> ElevenLabs premade voice ids.
+    "english-male-1": "pNInz6obpgDQGcFmaJgB",  # Adam
+    "english-male-2": "TxGEqnHWrfWFTfGW9XjX",  # Josh
+    "english-female": "21m00Tcm4TlvDq8ikWAM",  # Rachel
+}
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {bot_name}, a friendly voice assistant in a chat. Answer briefly and "
+    "conversationally, in the language the user spoke, in plain sentences that sound "
+    "natural when read aloud (no tables, no long lists)."
+)
+
+
+def _split_ids(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.replace(";", ",").split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- identity and behaviour
+    bot_name: str = "Voicebot"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    database_url: str = "sqlite+aiosqlite:///voicebot.db"
+    log_level: str = "INFO"
+
+    # --- provider choice: auto = cloud when its key is set, otherwise offline, otherwise error
+    stt_provider: ProviderChoice = "auto"
+    llm_provider: ProviderChoice = "auto"
+    tts_provider: ProviderChoice = "auto"
+    avatar_provider: ProviderChoice = "auto"
+
+    # --- Groq (speech-to-text and LLM)
+    groq_api_key: SecretStr | None = None
+    groq_base_url: str | None = None  # the SDK's default (https://api.groq.com)
+    stt_model: str = "whisper-large-v3-turbo"
+    stt_language: str | None = None  # None = let Whisper detect it
+    llm_model: str = "llama-3.1-8b-instant"
+    llm_temperature: float = 0.7
+    llm_max_tokens: int = 512
+    context_tokens: int = 6000  # history budget sent to the model (prompt side)
+
+    # --- ElevenLabs (text-to-speech)
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str | None = None  # the SDK's default (https://api.elevenlabs.io)
+    elevenlabs_voice_id: str = DEFAULT_SPEAKERS["english-male-1"]
+    elevenlabs_model_id: str = "eleven_flash_v2_5"
+    elevenlabs_output_format: str = "opus_48000_64"
+    speakers: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SPEAKERS))
+
+    # --- D-ID (talking avatar, off unless a key is set)
+    did_api_key: SecretStr | None = None
+    did_base_url: str = "https://api.d-id.com"
+    did_source_url: str = "https://create-images-results.d-id.com/DefaultPresenters/Noelle_f/image.jpeg"
+    did_voice_id: str = "en-US-JennyNeural"  # Microsoft voice for text scripts
+    did_use_audio: bool = True  # upload our synthesized voice instead of a text script
+    did_timeout: float = 90.0
+
+    # --- limits
+    max_audio_seconds: float = 300.0
+    max_audio_bytes: int = 20 * 1024 * 1024
+    max_text_chars: int = 4000
+    max_reply_chars_spoken: int = 1500  # longer replies are spoken up to here
+    provider_timeout: float = 30.0
+    provider_retries: int = 2
+    rate_limit_messages: int = 10  # per user per rate_limit_window seconds
+    rate_limit_window: float = 60.0
+
+    # --- access (empty = everyone)
+    allowed_user_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_chat_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_guild_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # --- defaults for new chats
+    voice_replies: bool = True
+    show_transcript: bool = True
+    stream_text: bool = True
+
+    # --- platforms (used by adapters)
+    telegram_bot_token: SecretStr | None = None
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_listen: str = "0.0.0.0"
+    telegram_webhook_port: int = 8443
+    telegram_webhook_secret: SecretStr | None = None
+    discord_bot_token: SecretStr | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+
+    # --- offline engines
+    models_cache_dir: Path = Path.home() / ".cache" / "voicebot"
+    local_stt_model: str = "tiny.en"  # or "base" (multilingual)
+    local_threads: int = 2
+
+    # --- web page
+    web_host: str = "127.0.0.1"
+    web_port: int = 7860
+
+    @field_validator("allowed_user_ids", "allowed_chat_ids", "allowed_guild_ids", mode="before")
+    @classmethod
+    def _ids(cls, value: object) -> object:
+        return _split_ids(value)
+
+    @cached_property
+    def resolved_system_prompt(self) -> str:
+        return self.system_prompt.replace("{bot_name}", self.bot_name)
+
+    def voice_id_for(self, speaker: str | None) -> str:
+        """A named speaker (``english-female``) or a raw voice id -> voice id."""
+        if not speaker:
+            return self.elevenlabs_voice_id
+        return self.speakers.get(speaker, speaker)
+
+    @staticmethod
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None

@@ -1,0 +1,1 @@
+"""Provider clients, one file each, behind the small interfaces in :mod:`bot.providers.base`."""

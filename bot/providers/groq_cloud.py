@@ -1,0 +1,144 @@
+"""Groq: Whisper speech-to-text through the ``groq`` SDK, Llama through ``langchain-groq``.
+
+Both talk to ``GROQ_BASE_URL`` (the SDK's own default when unset). SDK-level retries are off:
+:func:`bot.retry.call_with_retries` retries 429/5xx/timeouts honouring ``retry-after`` and
+feeds one circuit breaker per provider.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import groq
+from langchain_core.language_models import BaseChatModel
+
+from bot.config import Settings
+from bot.errors import BadAudioError, ConfigError, ProviderError
+from bot.messages import Audio
+from bot.providers.base import SpeechToText, Transcript
+from bot.retry import CircuitBreaker, call_with_retries, parse_retry_after
+
+# File names Groq accepts; Telegram's ".oga" is OGG but is rejected by name.
+_UPLOAD_EXTENSIONS = {"oga": "ogg", "opus": "ogg", "ogg": "ogg", "mp3": "mp3", "wav": "wav",
+                      "flac": "flac", "m4a": "m4a", "mp4": "mp4", "webm": "webm", "mpeg": "mpeg"}
+
+# Whisper reports languages by name; keep the ISO code for the ones users mostly speak.
+_LANGUAGE_CODES = {"english": "en", "german": "de", "french": "fr", "spanish": "es",
+                   "italian": "it", "portuguese": "pt", "russian": "ru", "ukrainian": "uk",
+                   "dutch": "nl", "polish": "pl", "turkish": "tr", "japanese": "ja",
+                   "chinese": "zh", "korean": "ko", "arabic": "ar", "hindi": "hi"}
+
+
+def language_code(language: str | None) -> str | None:
+    if not language:
+        return None
+    lowered = language.strip().lower()
+    return _LANGUAGE_CODES.get(lowered, lowered)
+
+
+def classify_groq_error(exc: BaseException) -> ProviderError | None:
+    """Map a groq SDK exception to a ProviderError saying whether a retry may help."""
+    if isinstance(exc, groq.APITimeoutError):
+        return ProviderError("groq", "timed out", retryable=True,
+                             user_message="The speech/AI service is slow right now. Please try again.")
+    if isinstance(exc, groq.APIConnectionError):
+        return ProviderError("groq", "connection failed", retryable=True,
+                             user_message="I can't reach the AI service right now. Please try again soon.")
+    if isinstance(exc, groq.APIStatusError):
+        status = exc.status_code
+        retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+        detail = _error_message(exc)
+        if status == 429:
+            return ProviderError("groq", f"429 {detail}", retryable=True, retry_after=retry_after, status=status,
+                                 user_message="The AI service is busy (rate limited). Please try again in a minute.")
+        if status >= 500:
+            return ProviderError("groq", f"{status} {detail}", retryable=True, retry_after=retry_after,
+                                 status=status, user_message="The AI service is having trouble. Please try again soon.")
+        if status in (401, 403):
+            return ProviderError("groq", f"{status} {detail}", status=status,
+                                 user_message="The AI service rejected the bot's credentials; the admin must check GROQ_API_KEY.")
+        return ProviderError("groq", f"{status} {detail}", status=status)
+    if isinstance(exc, groq.APIResponseValidationError):
+        return ProviderError("groq", "malformed response", retryable=True)
+    return None
+
+
+def _error_message(exc: groq.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return str(inner.get("message") or inner.get("code") or "")[:300]
+    return str(exc.message)[:300]
+
+
+def _api_key(settings: Settings) -> str:
+    key = Settings.secret(settings.groq_api_key)
+    if not key:
+        raise ConfigError("GROQ_API_KEY is not set; it is needed for the Groq speech-to-text and LLM providers.")
+    return key
+
+
+class GroqWhisperSTT(SpeechToText):
+    """Whisper on Groq. Uploads OGG as ``voice.ogg`` (never ``.oga``) and keeps the language."""
+
+    name = "groq"
+
+    def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
+        self._settings = settings
+        self._client = groq.AsyncGroq(
+            api_key=_api_key(settings),
+            base_url=settings.groq_base_url,
+            max_retries=0,
+            timeout=settings.provider_timeout,
+        )
+        self._breaker = breaker or CircuitBreaker("speech-to-text")
+
+    async def transcribe(self, audio: Audio) -> Transcript:
+        extension = _UPLOAD_EXTENSIONS.get(audio.format.lower().lstrip("."), "ogg")
+        options: dict[str, Any] = {"temperature": 0.0}
+        if self._settings.stt_language:
+            options["language"] = self._settings.stt_language
+
+        async def call() -> Any:
+            return await self._client.audio.transcriptions.create(
+                file=(f"voice.{extension}", audio.data),
+                model=self._settings.stt_model,
+                response_format="verbose_json",
+                **options,
+            )
+
+        try:
+            result = await call_with_retries(
+                call, classify=classify_groq_error,
+                attempts=self._settings.provider_retries + 1, breaker=self._breaker,
+            )
+        except ProviderError as error:
+            if error.status == 400:  # Groq could not decode the file
+                raise BadAudioError(str(error)) from error
+            raise
+        text = (getattr(result, "text", "") or "").strip()
+        duration = getattr(result, "duration", None)
+        return Transcript(
+            text=text,
+            language=language_code(getattr(result, "language", None)),
+            duration=float(duration) if duration is not None else None,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+def build_groq_chat_model(settings: Settings) -> BaseChatModel:
+    """ChatGroq for ``LLM_MODEL`` (Groq retires ids; default ``llama-3.1-8b-instant``)."""
+    from langchain_groq import ChatGroq
+
+    return ChatGroq(
+        model=settings.llm_model,
+        api_key=_api_key(settings),
+        base_url=settings.groq_base_url,
+        temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
+        max_retries=0,
+        timeout=settings.provider_timeout,
+    )

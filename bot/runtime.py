@@ -1,0 +1,55 @@
+"""Builds a ready :class:`VoiceBot` from settings: store (migrated), providers, pipeline.
+
+Adapters hold one VoiceBot and call :meth:`VoiceBot.handle` for each incoming message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Self
+
+from bot.config import Settings
+from bot.messages import IncomingMessage
+from bot.pipeline import Outcome, TurnPipeline
+from bot.providers.registry import Providers, build_providers
+from bot.sink import ReplySink
+from storage.store import HistoryStore
+
+log = logging.getLogger(__name__)
+
+
+class VoiceBot:
+    def __init__(self, settings: Settings, store: HistoryStore, providers: Providers) -> None:
+        self.settings = settings
+        self.store = store
+        self.providers = providers
+        self.pipeline = TurnPipeline(
+            settings,
+            store,
+            stt=providers.stt,
+            llm=providers.llm,
+            tts=providers.tts,
+            avatar=providers.avatar,
+            classify_llm_error=providers.classify_llm_error,
+        )
+
+    @classmethod
+    async def create(cls, settings: Settings, *, migrate: bool = True) -> Self:
+        providers = build_providers(settings)
+        store = HistoryStore.from_url(settings.database_url)
+        if migrate:
+            await store.migrate()
+        log.info("storage: %s", store.url)
+        return cls(settings, store, providers)
+
+    @property
+    def commands(self):  # noqa: ANN201 - bot.commands.Commands
+        return self.pipeline.commands
+
+    async def handle(self, message: IncomingMessage, sink: ReplySink) -> Outcome:
+        return await self.pipeline.handle(message, sink)
+
+    async def aclose(self) -> None:
+        await self.pipeline.drain()
+        await self.providers.aclose()
+        await self.store.aclose()
