@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     provider_retries: int = 2
     rate_limit_messages: int = 10  # per user per rate_limit_window seconds
     rate_limit_window: float = 60.0
+    # Per-user daily budgets (UTC days); 0 = unlimited.
+    daily_audio_seconds: float = 0.0
+    daily_tokens: int = 0
+    daily_tts_chars: int = 0
 
     # --- access (empty = everyone)
     allowed_user_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -22,6 +22,10 @@ class BadAudioError(VoicebotError):
     user_message = "I couldn't read that audio. Please send a voice note (OGG/Opus, MP3, WAV or M4A)."
 
 
+class DownloadError(VoicebotError):
+    user_message = "I couldn't download that audio from the chat service. Please send it again."
+
+
 class AudioTooLongError(VoicebotError):
     def __init__(self, seconds: float, limit: float) -> None:
         super().__init__(
@@ -70,3 +74,11 @@ class RateLimitedError(VoicebotError):
 
 class NotAllowedError(VoicebotError):
     user_message = "Sorry, this bot is private and not available in this chat."
+
+
+class BudgetExceededError(VoicebotError):
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"daily {what} budget used",
+            user_message=f"You've used today's {what} allowance. It resets at midnight UTC; /stats shows your usage.",
+        )

@@ -6,8 +6,9 @@ import time
 from collections import deque
 
 from bot.config import Settings
-from bot.errors import AudioTooLongError, NotAllowedError, RateLimitedError, VoicebotError
+from bot.errors import AudioTooLongError, BudgetExceededError, NotAllowedError, RateLimitedError, VoicebotError
 from bot.messages import IncomingMessage
+from storage.store import UsageTotals
 
 
 class AccessList:
@@ -117,8 +118,25 @@ class Gate:
         declared = audio.declared_seconds
         if declared is not None and declared > self.settings.max_audio_seconds:
             raise AudioTooLongError(declared, self.settings.max_audio_seconds)
-        if len(audio.data) > self.settings.max_audio_bytes:
-            raise AudioTooLargeError(len(audio.data), self.settings.max_audio_bytes)
+        size = max(len(audio.data), audio.declared_bytes or 0)
+        if size > self.settings.max_audio_bytes:
+            raise AudioTooLargeError(size, self.settings.max_audio_bytes)
 
     def check_rate(self, message: IncomingMessage) -> None:
         self.rate.check(f"{message.platform}:{message.user_id}")
+
+    @property
+    def has_budgets(self) -> bool:
+        s = self.settings
+        return bool(s.daily_audio_seconds or s.daily_tokens or s.daily_tts_chars)
+
+    def check_budget(self, used: UsageTotals) -> None:
+        """Raise when today's usage reached a configured daily budget."""
+        s = self.settings
+        for limit, value, what in (
+            (s.daily_audio_seconds, used.audio_seconds, "listening"),
+            (s.daily_tokens, used.tokens, "conversation"),
+            (s.daily_tts_chars, used.tts_chars, "voice"),
+        ):
+            if limit and value >= limit:
+                raise BudgetExceededError(what)

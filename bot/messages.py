@@ -7,6 +7,7 @@ Adapters translate a platform event into an :class:`IncomingMessage` and deliver
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 
@@ -21,13 +22,20 @@ class Audio:
 
     ``format`` is the container name a speech-to-text service understands
     (``ogg`` for Telegram/Discord voice notes, ``wav``, ``mp3``, ``m4a``, ``webm``...).
-    ``declared_seconds`` is what the platform claimed before download, if anything,
-    so over-long notes can be refused without fetching them.
+    ``declared_seconds`` and ``declared_bytes`` are what the platform claimed before
+    download, if anything, so over-long or oversized files can be refused without fetching
+    them (the adapter then passes empty ``data``).
+
+    An adapter may leave ``data`` empty and give ``fetch`` instead: the core then downloads
+    only after those checks pass, and only once per message id (a redelivered update is not
+    downloaded again).
     """
 
-    data: bytes
+    data: bytes = b""
     format: str = "ogg"
     declared_seconds: float | None = None
+    declared_bytes: int | None = None
+    fetch: Callable[[], Awaitable[bytes]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,8 @@ redelivered update is answered once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import enum
 import logging
 import time
@@ -29,14 +31,15 @@ from bot.context import build_messages, estimate_tokens
 from bot.errors import (
     AudioTooLongError,
     BadAudioError,
+    DownloadError,
     NoSpeechError,
     NotAllowedError,
     ProviderError,
     RateLimitedError,
     VoicebotError,
 )
-from bot.gate import Gate
-from bot.messages import IncomingMessage, Reply, ReplyKind, Stage, VoiceNote
+from bot.gate import AudioTooLargeError, Gate
+from bot.messages import Audio, IncomingMessage, Reply, ReplyKind, Stage, VoiceNote
 from bot.ordering import ChatLocks
 from bot.providers.base import AvatarRenderer, SpeechToText, TextToSpeech
 from bot.retry import CircuitBreaker, call_with_retries
@@ -87,6 +90,7 @@ class TurnContext:
     user_stored: bool = False
     reply_text: str | None = None
     tokens: int = 0
+    tts_chars: int = 0
     voice: VoiceNote | None = None
     reply: Reply | None = None
     outcome: Outcome | None = None
@@ -229,15 +233,17 @@ class TurnPipeline:
             if not turn.user_text:
                 turn.outcome = Outcome.IGNORED
             return
-        audio = message.audio
+        await turn.sink.stage(Stage.TRANSCRIBING)
+        audio = await self._audio_bytes(message.audio)
         if not audio.data or sniff_format(audio.data) is None:
             raise BadAudioError(f"{len(audio.data)} bytes, not a known audio container")
+        if len(audio.data) > self.settings.max_audio_bytes:
+            raise AudioTooLargeError(len(audio.data), self.settings.max_audio_bytes)
         if is_ogg_opus(audio.data):
             seconds = ogg_opus_duration(audio.data)
             if seconds > self.settings.max_audio_seconds:
                 raise AudioTooLongError(seconds, self.settings.max_audio_seconds)
             turn.audio_seconds = seconds
-        await turn.sink.stage(Stage.TRANSCRIBING)
         transcript = await self.stt.transcribe(audio)
         text = transcript.text.strip()
         if transcript.duration:
@@ -253,6 +259,19 @@ class TurnPipeline:
         turn.from_voice = True
         turn.language = transcript.language
 
+    @staticmethod
+    async def _audio_bytes(audio: Audio) -> Audio:
+        """The audio with its bytes, downloading them now if the adapter gave a fetcher."""
+        if audio.data or audio.fetch is None:
+            return audio
+        try:
+            data = await audio.fetch()
+        except VoicebotError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the platform's download failed
+            raise DownloadError(f"{type(exc).__name__}: {exc}") from exc
+        return dataclasses.replace(audio, data=data, fetch=None)
+
     async def _trigger(self, turn: TurnContext) -> None:
         if turn.user_stored:
             return
@@ -265,6 +284,9 @@ class TurnPipeline:
     async def _rate(self, turn: TurnContext) -> None:
         if turn.user_stored:
             return
+        if self.gate.has_budgets:
+            today = dt.datetime.now(dt.UTC).date()
+            self.gate.check_budget(await self.store.usage(turn.message.platform, turn.message.user_id, since=today))
         try:
             self.gate.check_rate(turn.message)
         except RateLimitedError as error:
@@ -356,7 +378,7 @@ class TurnPipeline:
         except VoicebotError as error:
             log.warning("voice synthesis failed, sending text only: %s", error)
         else:
-            await self.store.add_usage(turn.message.platform, turn.message.user_id, tts_chars=len(spoken))
+            turn.tts_chars = len(spoken)
 
     async def _deliver(self, turn: TurnContext) -> None:
         assert turn.chat is not None and turn.record is not None and turn.reply_text is not None
@@ -378,10 +400,9 @@ class TurnPipeline:
             log.exception("delivery failed for %s/%s", turn.message.platform, turn.message.message_id)
             turn.outcome = Outcome.UNDELIVERED
             return
-        await self.store.set_turn_state(turn.record.id, TurnState.DELIVERED)
-        await self.store.add_usage(
-            turn.message.platform, turn.message.user_id,
-            turns=1, audio_seconds=turn.audio_seconds, tokens=turn.tokens,
+        await self.store.finish_turn(
+            turn.record.id, turn.message.platform, turn.message.user_id,
+            audio_seconds=turn.audio_seconds, tokens=turn.tokens, tts_chars=turn.tts_chars,
         )
         turn.reply = reply
         turn.outcome = Outcome.ANSWERED

@@ -346,6 +346,19 @@ class HistoryStore:
 
     # --- usage -------------------------------------------------------------------------------
 
+    def _usage_upsert(self, platform: str, user_key: str, day: dt.date | None, **values: float) -> Any:
+        day = day or dt.datetime.now(dt.UTC).date()
+        values = {name: values.get(name, 0) for name in ("turns", "audio_seconds", "tokens", "tts_chars")}
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(Usage).values(platform=platform, user_key=user_key, day=day, **values)
+        return stmt.on_conflict_do_update(
+            index_elements=[Usage.platform, Usage.user_key, Usage.day],
+            set_={name: getattr(Usage, name) + getattr(stmt.excluded, name) for name in values},
+        )
+
     async def add_usage(
         self,
         platform: str,
@@ -357,20 +370,33 @@ class HistoryStore:
         tts_chars: int = 0,
         day: dt.date | None = None,
     ) -> None:
-        day = day or dt.datetime.now(dt.UTC).date()
-        values = dict(turns=turns, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars)
-        dialect = self.engine.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(Usage).values(platform=platform, user_key=user_key, day=day, **values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[Usage.platform, Usage.user_key, Usage.day],
-            set_={name: getattr(Usage, name) + getattr(stmt.excluded, name) for name in values},
+        stmt = self._usage_upsert(
+            platform, user_key, day, turns=turns, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
         )
         async with self._sessions() as session:
             await session.execute(stmt)
+            await session.commit()
+
+    async def finish_turn(
+        self,
+        turn_id: int,
+        platform: str,
+        user_key: str,
+        *,
+        audio_seconds: float = 0.0,
+        tokens: int = 0,
+        tts_chars: int = 0,
+    ) -> None:
+        """Mark a turn delivered and count its usage, in one commit."""
+        async with self._sessions() as session:
+            await session.execute(
+                update(Turn).where(Turn.id == turn_id).values(state=TurnState.DELIVERED.value)
+            )
+            await session.execute(
+                self._usage_upsert(
+                    platform, user_key, None, turns=1, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
+                )
+            )
             await session.commit()
 
     async def usage(self, platform: str, user_key: str, since: dt.date | None = None) -> UsageTotals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 from collections.abc import AsyncIterator, Callable
 
@@ -372,8 +373,8 @@ async def test_rate_limit_answers_once_then_drops(make_bot: Callable) -> None:
 
 
 async def test_one_chat_in_order_other_chats_not_blocked(make_bot: Callable, groq_fake: FakeGroq) -> None:
-    bot = await make_bot()
-    groq_fake.latency["chat"] = 0.3
+    bot = await make_bot(voice_replies=False)
+    groq_fake.latency["chat"] = 1.5
     finished: list[str] = []
 
     async def run(message: IncomingMessage) -> None:
@@ -390,3 +391,42 @@ async def test_one_chat_in_order_other_chats_not_blocked(make_bot: Callable, gro
     await asyncio.gather(slow_first, a2, b1)
     assert finished.index("You said: b1") < finished.index("You said: a1")  # B did not wait for A
     assert finished.index("You said: a1") < finished.index("You said: a2")  # A stayed in order
+
+
+async def test_daily_budget_stops_answers_with_a_clear_message(make_bot: Callable, groq_fake: FakeGroq) -> None:
+    bot = await make_bot(daily_tokens=30)
+    sink = SilentSink()
+    assert await bot.handle(msg("first question"), sink) is Outcome.ANSWERED
+    assert await bot.handle(msg("second question"), sink) is Outcome.NOTICE
+    assert "today's conversation allowance" in sink.replies[-1].text
+    assert len(groq_fake.chat_requests) == 1
+    assert await bot.handle(msg("/stats"), sink) is Outcome.NOTICE  # commands still work
+
+
+async def test_audio_is_downloaded_only_after_checks_and_once(make_bot: Callable, groq_fake: FakeGroq) -> None:
+    bot = await make_bot(max_audio_seconds=60)
+    downloads: list[int] = []
+    audio = tone_ogg(1.0, seed=5)
+
+    async def fetch() -> bytes:
+        downloads.append(1)
+        return audio
+
+    sink = SilentSink()
+    lazy = dataclasses.replace(msg(audio=None), audio=Audio(fetch=fetch, declared_seconds=1.0))
+    assert await bot.handle(lazy, sink) is Outcome.ANSWERED
+    assert await bot.handle(lazy, sink) is Outcome.DUPLICATE
+    too_long = dataclasses.replace(lazy, message_id="long", audio=Audio(fetch=fetch, declared_seconds=61))
+    assert await bot.handle(too_long, sink) is Outcome.NOTICE
+    assert downloads == [1]
+
+
+async def test_failed_download_gets_a_clear_reply(make_bot: Callable) -> None:
+    async def broken() -> bytes:
+        raise ConnectionError("file server went away")
+
+    bot = await make_bot()
+    sink = SilentSink()
+    message = dataclasses.replace(msg(audio=None), audio=Audio(fetch=broken))
+    assert await bot.handle(message, sink) is Outcome.NOTICE
+    assert "couldn't download" in sink.replies[-1].text

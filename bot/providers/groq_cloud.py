@@ -7,9 +7,11 @@ feeds one circuit breaker per provider.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import groq
+import httpx
 from langchain_core.language_models import BaseChatModel
 
 from bot.config import Settings
@@ -58,8 +60,10 @@ def classify_groq_error(exc: BaseException) -> ProviderError | None:
             return ProviderError("groq", f"{status} {detail}", status=status,
                                  user_message="The AI service rejected the bot's credentials; the admin must check GROQ_API_KEY.")
         return ProviderError("groq", f"{status} {detail}", status=status)
-    if isinstance(exc, groq.APIResponseValidationError):
-        return ProviderError("groq", "malformed response", retryable=True)
+    if isinstance(exc, (groq.APIResponseValidationError, json.JSONDecodeError)):
+        # The SDK lets a 200 whose body is not JSON (a proxy's HTML page) through raw.
+        return ProviderError("groq", "malformed response", retryable=True,
+                             user_message="The AI service answered with garbage. Please try again.")
     return None
 
 
@@ -129,11 +133,15 @@ class GroqWhisperSTT(SpeechToText):
         await self._client.close()
 
 
-def build_groq_chat_model(settings: Settings) -> BaseChatModel:
-    """ChatGroq for ``LLM_MODEL`` (Groq retires ids; default ``llama-3.1-8b-instant``)."""
+def build_groq_chat_model(settings: Settings, http_client: httpx.AsyncClient) -> BaseChatModel:
+    """ChatGroq for ``LLM_MODEL`` (Groq retires ids; default ``llama-3.1-8b-instant``).
+
+    ``http_client`` is ours to close (ChatGroq never closes the one it would make itself).
+    """
     from langchain_groq import ChatGroq
 
     return ChatGroq(
+        http_async_client=http_client,
         model=settings.llm_model,
         api_key=_api_key(settings),
         base_url=settings.groq_base_url,

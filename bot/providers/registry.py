@@ -5,8 +5,8 @@ otherwise the offline one when its model packages are installed, otherwise a cle
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from langchain_core.language_models import BaseChatModel
 
@@ -24,6 +24,7 @@ class Providers:
     tts: TextToSpeech | None
     avatar: AvatarRenderer | None
     names: dict[str, str]
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def classify_llm_error(self, exc: BaseException) -> ProviderError | None:
         """The LLM's SDK exceptions as ProviderErrors (retryable or not)."""
@@ -37,6 +38,8 @@ class Providers:
         for provider in (self.stt, self.tts, self.avatar):
             if provider is not None:
                 await provider.aclose()
+        for close in self.closers:
+            await close()
 
 
 def _offline_available(kind: str) -> bool:
@@ -92,11 +95,15 @@ def build_stt(name: str, settings: Settings) -> SpeechToText:
     raise _unknown("stt", name)
 
 
-def build_llm(name: str, settings: Settings) -> BaseChatModel:
+def build_llm(name: str, settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> BaseChatModel:
     if name == "groq":
+        import httpx
+
         from bot.providers.groq_cloud import build_groq_chat_model
 
-        return build_groq_chat_model(settings)
+        client = httpx.AsyncClient(timeout=settings.provider_timeout)
+        closers.append(client.aclose)
+        return build_groq_chat_model(settings, client)
     if name == "local":
         from bot.providers.local_llm import build_local_chat_model
 
@@ -131,10 +138,12 @@ def build_avatar(name: str, settings: Settings) -> AvatarRenderer | None:
 def build_providers(settings: Settings) -> Providers:
     names = choose_names(settings)
     log.info("providers: %s", ", ".join(f"{k}={v}" for k, v in names.items()))
+    closers: list[Callable[[], Awaitable[None]]] = []
     return Providers(
         stt=build_stt(names["stt"], settings),
-        llm=build_llm(names["llm"], settings),
+        llm=build_llm(names["llm"], settings, closers),
         tts=build_tts(names["tts"], settings),
         avatar=build_avatar(names["avatar"], settings),
         names=names,
+        closers=closers,
     )
