@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
 
+    # --- scale-out: several worker processes sharing one bot
+    redis_url: str | None = None
+    # How one chat's turns are kept in order across workers: auto = redis when REDIS_URL is
+    # set, else in-process (right for a single process); postgres = advisory locks.
+    chat_lock: Literal["auto", "local", "redis", "postgres"] = "auto"
+
     # --- offline engines
     models_cache_dir: Path = Path.home() / ".cache" / "voicebot"
     local_stt_model: str = "tiny.en"  # or "base" (multilingual)

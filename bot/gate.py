@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 
 from bot.config import Settings
@@ -33,7 +34,7 @@ class AccessList:
 
 
 class RateLimiter:
-    """A sliding window of ``limit`` messages per ``window`` seconds, per user.
+    """A sliding window of ``limit`` messages per ``window`` seconds, per user, in this process.
 
     ``check`` raises :class:`RateLimitedError` with the wait; ``first_refusal`` lets the
     caller answer a flooding user once per window instead of once per message.
@@ -46,7 +47,7 @@ class RateLimiter:
         self._hits: dict[str, deque[float]] = {}
         self._refused_until: dict[str, float] = {}
 
-    def check(self, user: str) -> None:
+    async def check(self, user: str) -> None:
         if self.limit <= 0:
             return
         now = self._clock()
@@ -71,6 +72,40 @@ class RateLimiter:
         for user in [u for u, h in self._hits.items() if not h or now - h[-1] >= self.window]:
             del self._hits[user]
 
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisRateLimiter(RateLimiter):
+    """The same sliding window kept in Redis (a sorted set per user), shared by all workers."""
+
+    def __init__(self, url: str, limit: int, window: float, clock=time.time) -> None:
+        super().__init__(limit, window, clock)
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(url)
+
+    async def check(self, user: str) -> None:
+        if self.limit <= 0:
+            return
+        now = self._clock()
+        key = f"voicebot:rate:{user}"
+        member = f"{now:.6f}:{uuid.uuid4().hex[:8]}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, 0, now - self.window)
+            pipe.zadd(key, {member: now})
+            pipe.zcard(key)
+            pipe.zrange(key, 0, 0, withscores=True)
+            pipe.expire(key, int(self.window) + 1)
+            _, _, count, oldest, _ = await pipe.execute()
+        if count > self.limit:
+            await self._redis.zrem(key, member)
+            first = oldest[0][1] if oldest else now
+            raise RateLimitedError(self.window - (now - first))
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
 
 class TooMuchTextError(VoicebotError):
     def __init__(self, length: int, limit: int) -> None:
@@ -94,7 +129,11 @@ class Gate:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.access = AccessList(settings.allowed_user_ids, settings.allowed_chat_ids)
-        self.rate = RateLimiter(settings.rate_limit_messages, settings.rate_limit_window)
+        self.rate: RateLimiter = (
+            RedisRateLimiter(settings.redis_url, settings.rate_limit_messages, settings.rate_limit_window)
+            if settings.redis_url
+            else RateLimiter(settings.rate_limit_messages, settings.rate_limit_window)
+        )
         self._refused: set[str] = set()
 
     def admit(self, message: IncomingMessage) -> None:
@@ -122,8 +161,8 @@ class Gate:
         if size > self.settings.max_audio_bytes:
             raise AudioTooLargeError(size, self.settings.max_audio_bytes)
 
-    def check_rate(self, message: IncomingMessage) -> None:
-        self.rate.check(f"{message.platform}:{message.user_id}")
+    async def check_rate(self, message: IncomingMessage) -> None:
+        await self.rate.check(f"{message.platform}:{message.user_id}")
 
     @property
     def has_budgets(self) -> bool:

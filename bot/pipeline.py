@@ -40,7 +40,7 @@ from bot.errors import (
 )
 from bot.gate import AudioTooLargeError, Gate
 from bot.messages import Audio, IncomingMessage, Reply, ReplyKind, Stage, VoiceNote
-from bot.ordering import ChatLocks
+from bot.ordering import ChatLockProvider, ChatLocks
 from bot.providers.base import AvatarRenderer, SpeechToText, TextToSpeech
 from bot.retry import CircuitBreaker, call_with_retries
 from bot.sink import ReplySink
@@ -113,6 +113,7 @@ class TurnPipeline:
         tts: TextToSpeech | None,
         avatar: AvatarRenderer | None,
         classify_llm_error: Callable[[BaseException], ProviderError | None] = lambda exc: None,
+        locks: ChatLockProvider | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -124,7 +125,7 @@ class TurnPipeline:
         self.llm_breaker = CircuitBreaker("language model")
         self.gate = Gate(settings)
         self.commands = Commands(settings, store, has_avatar=avatar is not None, has_voice=tts is not None)
-        self.locks = ChatLocks()
+        self.locks: ChatLockProvider = locks if locks is not None else ChatLocks()
         self._background: set[asyncio.Task[None]] = set()
 
     # --- the turn ----------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class TurnPipeline:
         parsed = parse_command(turn.message.text or "") if turn.message.audio is None else None
         if parsed is None:
             return
-        self.gate.check_rate(turn.message)
+        await self.gate.check_rate(turn.message)
         text = await self.commands.run(turn.message, turn.chat_id, *parsed)
         await self._notice(turn, text)
 
@@ -288,7 +289,7 @@ class TurnPipeline:
             today = dt.datetime.now(dt.UTC).date()
             self.gate.check_budget(await self.store.usage(turn.message.platform, turn.message.user_id, since=today))
         try:
-            self.gate.check_rate(turn.message)
+            await self.gate.check_rate(turn.message)
         except RateLimitedError as error:
             key = f"{turn.message.platform}:{turn.message.user_id}"
             if self.gate.rate.first_refusal(key, error.wait_seconds):
@@ -433,3 +434,8 @@ class TurnPipeline:
         done, pending = await asyncio.wait(set(self._background), timeout=timeout)
         for task in pending:
             task.cancel()
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.locks.aclose()
+        await self.gate.rate.aclose()

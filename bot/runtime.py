@@ -9,6 +9,8 @@ import logging
 from typing import Self
 
 from bot.config import Settings
+from bot.errors import ConfigError
+from bot.ordering import ChatLockProvider, ChatLocks, PostgresChatLocks, RedisChatLocks
 from bot.messages import IncomingMessage
 from bot.pipeline import Outcome, TurnPipeline
 from bot.providers.registry import Providers, build_providers
@@ -16,6 +18,22 @@ from bot.sink import ReplySink
 from storage.store import HistoryStore
 
 log = logging.getLogger(__name__)
+
+
+def chat_locks(settings: Settings, store: HistoryStore) -> ChatLockProvider:
+    """The per-chat lock that fits the deployment (see ``CHAT_LOCK``)."""
+    choice = settings.chat_lock
+    if choice == "auto":
+        choice = "redis" if settings.redis_url else "local"
+    if choice == "redis":
+        if not settings.redis_url:
+            raise ConfigError("CHAT_LOCK=redis needs REDIS_URL.")
+        return RedisChatLocks(settings.redis_url)
+    if choice == "postgres":
+        if store.engine.dialect.name != "postgresql":
+            raise ConfigError("CHAT_LOCK=postgres needs a PostgreSQL DATABASE_URL.")
+        return PostgresChatLocks(store.engine)
+    return ChatLocks()
 
 
 class VoiceBot:
@@ -31,6 +49,7 @@ class VoiceBot:
             tts=providers.tts,
             avatar=providers.avatar,
             classify_llm_error=providers.classify_llm_error,
+            locks=chat_locks(settings, store),
         )
 
     @classmethod
@@ -50,6 +69,6 @@ class VoiceBot:
         return await self.pipeline.handle(message, sink)
 
     async def aclose(self) -> None:
-        await self.pipeline.drain()
+        await self.pipeline.aclose()
         await self.providers.aclose()
         await self.store.aclose()

@@ -111,18 +111,18 @@ def test_a_long_chat_never_overflows_the_budget() -> None:
     assert sum(estimate_tokens(str(m.content)) for m in messages) <= 2000
 
 
-def test_rate_limiter_window() -> None:
+async def test_rate_limiter_window() -> None:
     now = [0.0]
     limiter = RateLimiter(limit=3, window=10, clock=lambda: now[0])
     for _ in range(3):
-        limiter.check("u")
+        await limiter.check("u")
     with pytest.raises(RateLimitedError) as info:
-        limiter.check("u")
+        await limiter.check("u")
     assert 0 < info.value.wait_seconds <= 10
-    limiter.check("other")  # other users are not affected
+    await limiter.check("other")  # other users are not affected
     assert limiter.first_refusal("u", 10) and not limiter.first_refusal("u", 10)
     now[0] = 10.5
-    limiter.check("u")
+    await limiter.check("u")
 
 
 def test_access_list() -> None:
