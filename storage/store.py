@@ -110,6 +110,9 @@ class HistoryStore:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             _prepare_sqlite_file(url)
+            # SQLite has one writer at a time; one connection (aiosqlite runs it in its own
+            # thread) queues writes in order instead of failing with "database is locked".
+            kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         engine = create_async_engine(url, **kwargs)
