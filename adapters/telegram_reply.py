@@ -1,0 +1,306 @@
+"""Delivering one turn to Telegram: chat actions, a streamed message, text chunks, voice, video.
+
+:class:`TelegramReplySink` is the :class:`bot.sink.ReplySink` for one incoming message. It keeps
+a chat action visible while the core works (:class:`ChatActionLoop`), optionally grows the
+answer in one message as tokens arrive (:class:`StreamedMessage`), and finally sends the
+formatted text (split under 4096 characters), the voice note and, later, the avatar clip.
+Every call names the forum topic the user wrote in and answers the user's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from telegram import Bot, ReplyParameters
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+
+from adapters.telegram_format import Chunk, preview, reply_chunks
+from adapters.telegram_ratelimiter import period_seconds, sleep_unless
+from bot.messages import Reply, Stage, Video, VoiceNote
+
+log = logging.getLogger(__name__)
+
+#: A chat action shows for about 5 s; it is sent again this often while the stage lasts.
+ACTION_REFRESH = 4.0
+#: A chat action loop ends by itself after this long, even if nobody stops it.
+ACTION_MAX_SECONDS = 120.0
+#: Uploads get more time than ordinary calls.
+UPLOAD_TIMEOUT = 60.0
+
+STAGE_ACTIONS: dict[Stage, str] = {
+    Stage.TRANSCRIBING: ChatAction.TYPING,
+    Stage.THINKING: ChatAction.TYPING,
+    Stage.SPEAKING: ChatAction.RECORD_VOICE,
+    Stage.UPLOADING_VOICE: ChatAction.UPLOAD_VOICE,
+    Stage.RENDERING_VIDEO: ChatAction.RECORD_VIDEO,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a turn's messages go: the chat, its forum topic (if any), the message answered."""
+
+    chat_id: int
+    thread_id: int | None = None
+    reply_to: int | None = None
+
+    def reply_parameters(self) -> ReplyParameters | None:
+        if self.reply_to is None:
+            return None
+        # The user may have deleted their message meanwhile: answer anyway.
+        return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
+
+
+class ChatActionLoop:
+    """Keeps one chat action ("typing", "recording a voice message"...) showing.
+
+    :meth:`show` sends the action now and every :data:`ACTION_REFRESH` seconds until
+    :meth:`stop`, another :meth:`show`, or ``lasting`` seconds. A chat action is decoration:
+    failures are logged at debug level and a 429 only delays the next one.
+    """
+
+    def __init__(self, bot: Bot, to: Destination) -> None:
+        self._bot = bot
+        self._to = to
+        self._task: asyncio.Task[None] | None = None
+        self.action: str | None = None
+
+    def show(self, action: str, lasting: float = ACTION_MAX_SECONDS) -> None:
+        if action == self.action and self._task is not None and not self._task.done():
+            return
+        self.stop()
+        self.action = action
+        self._task = asyncio.create_task(self._run(action, lasting), name=f"telegram-action-{self._to.chat_id}")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._task = None
+        self.action = None
+
+    async def _run(self, action: str, lasting: float) -> None:
+        deadline = time.monotonic() + lasting
+        while time.monotonic() < deadline:
+            pause = ACTION_REFRESH
+            try:
+                await self._bot.send_chat_action(
+                    self._to.chat_id, action, message_thread_id=self._to.thread_id, rate_limit_args=0
+                )
+            except RetryAfter as error:
+                pause = max(pause, period_seconds(error, "retry_after") or pause)
+            except TelegramError as error:
+                log.debug("chat action %s in %s failed: %s", action, self._to.chat_id, error)
+            await asyncio.sleep(pause)
+
+
+class StreamedMessage:
+    """One message that grows while the LLM writes.
+
+    The first text is sent as a new message, later text edits it: at most one call per
+    ``interval`` seconds, only when the text changed, plain text only (half-written Markdown is
+    not valid markup). A 429 pauses the edits for as long as Telegram asks. :meth:`finish`
+    waits for a call in flight, so the caller knows the message id and never sends the text twice.
+    """
+
+    def __init__(self, bot: Bot, to: Destination, interval: float) -> None:
+        self._bot = bot
+        self._to = to
+        self._interval = interval
+        self._latest = ""
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.message_id: int | None = None
+
+    def update(self, text_so_far: str) -> None:
+        if self._closing.is_set():
+            return
+        self._latest = preview(text_so_far)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"telegram-stream-{self._to.chat_id}")
+
+    async def finish(self) -> int | None:
+        """Stop editing; the id of the streamed message, if one was sent."""
+        self._closing.set()
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
+        return self.message_id
+
+    def cancel(self) -> None:
+        self._closing.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        shown = ""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closing.is_set():
+                return
+            text, pause = self._latest, self._interval
+            if text.strip() and text != shown:
+                try:
+                    await self._show(text)
+                    shown = text
+                except RetryAfter as error:
+                    pause = max(pause, period_seconds(error, "retry_after") or pause)
+                except TelegramError as error:
+                    log.debug("streaming to %s failed: %s", self._to.chat_id, error)
+                    if self.message_id is None:
+                        return  # could not even start: deliver() sends the whole reply
+            await sleep_unless(self._closing, pause)
+
+    async def _show(self, text: str) -> None:
+        if self.message_id is None:
+            sent = await self._bot.send_message(
+                self._to.chat_id, text, message_thread_id=self._to.thread_id,
+                reply_parameters=self._to.reply_parameters(), rate_limit_args=0,
+            )
+            self.message_id = sent.message_id
+        else:
+            await self._bot.edit_message_text(
+                text, chat_id=self._to.chat_id, message_id=self.message_id, rate_limit_args=0
+            )
+
+
+def _not_modified(error: BadRequest) -> bool:
+    return "not modified" in str(error).lower()
+
+
+class TelegramReplySink:
+    """The :class:`bot.sink.ReplySink` for one Telegram message.
+
+    ``stream`` turns on :class:`StreamedMessage`; ``edit_interval`` paces its edits (groups
+    have tighter limits). Stages in ``quiet_stages`` show no chat action (a group voice note
+    is transcribed before the bot knows whether it was addressed; typing at everyone's voice
+    notes would be noise). Call :meth:`close` when the turn is over, delivered or not.
+    """
+
+    def __init__(
+        self,
+        bot: Bot,
+        to: Destination,
+        *,
+        stream: bool,
+        edit_interval: float = 1.0,
+        video_timeout: float = ACTION_MAX_SECONDS,
+        quiet_stages: frozenset[Stage] = frozenset(),
+    ) -> None:
+        self.streams_text = stream
+        self._bot = bot
+        self._to = to
+        self._edit_interval = edit_interval
+        self._video_timeout = video_timeout
+        self._quiet = quiet_stages
+        self._actions = ChatActionLoop(bot, to)
+        self._stream: StreamedMessage | None = None
+
+    # --- ReplySink ---------------------------------------------------------------------------
+
+    async def stage(self, stage: Stage) -> None:
+        if stage in self._quiet or stage not in STAGE_ACTIONS:
+            return
+        lasting = self._video_timeout if stage is Stage.RENDERING_VIDEO else ACTION_MAX_SECONDS
+        self._actions.show(STAGE_ACTIONS[stage], lasting)
+
+    async def text_delta(self, text_so_far: str) -> None:
+        if self._stream is None:
+            self._stream = StreamedMessage(self._bot, self._to, self._edit_interval)
+        self._stream.update(text_so_far)
+
+    async def deliver(self, reply: Reply) -> None:
+        """Text first (into the streamed message if there is one), then the voice note.
+
+        Raises if Telegram did not take the text, so the core keeps the turn open and it is
+        tried again. When it never will (the user blocked the bot, the bot left the group) the
+        reply counts as delivered. A voice note that fails is logged and dropped: the answer
+        is already out.
+        """
+        streamed = await self._stream.finish() if self._stream is not None else None
+        self._stream = None
+        chunks = reply_chunks(reply.text, reply.transcript if reply.show_transcript else None)
+        try:
+            for i, chunk in enumerate(chunks):
+                if i == 0 and streamed is not None and await self._edit(streamed, chunk):
+                    continue
+                await self._post(chunk, answer=i == 0)
+            if reply.voice is not None:
+                await self._send_voice(reply.voice)
+        except Forbidden as error:
+            log.info("chat %s does not take messages from the bot: %s", self._to.chat_id, error)
+        finally:
+            self._actions.stop()
+
+    async def deliver_video(self, video: Video, reply: Reply) -> None:
+        self._actions.show(ChatAction.UPLOAD_VIDEO)
+        try:
+            await self._bot.send_video(
+                self._to.chat_id, video.data, filename="reply.mp4", supports_streaming=True,
+                message_thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(),
+                write_timeout=UPLOAD_TIMEOUT, read_timeout=UPLOAD_TIMEOUT,
+            )
+        finally:
+            self._actions.stop()
+
+    def close(self) -> None:
+        """Stop what still runs for this turn (a chat action, an unfinished stream)."""
+        if self._stream is not None:
+            self._stream.cancel()
+        # A video still rendering keeps its own action loop; it ends by itself.
+        if self._actions.action != ChatAction.RECORD_VIDEO:
+            self._actions.stop()
+
+    # --- sending -----------------------------------------------------------------------------
+
+    async def _post(self, chunk: Chunk, *, answer: bool) -> None:
+        """Send one chunk as a new message: HTML, or plain text if Telegram refuses the HTML."""
+        reply_parameters = self._to.reply_parameters() if answer else None
+        if chunk.html is not None:
+            try:
+                await self._bot.send_message(
+                    self._to.chat_id, chunk.html, parse_mode=ParseMode.HTML,
+                    message_thread_id=self._to.thread_id, reply_parameters=reply_parameters,
+                )
+                return
+            except BadRequest as error:
+                log.warning("Telegram refused the formatted reply (%s); sending plain text", error)
+        await self._bot.send_message(
+            self._to.chat_id, chunk.plain, message_thread_id=self._to.thread_id,
+            reply_parameters=reply_parameters,
+        )
+
+    async def _edit(self, message_id: int, chunk: Chunk) -> bool:
+        """Put the final text into the streamed message; False if it cannot be edited."""
+        attempts = [(chunk.html, ParseMode.HTML)] if chunk.html is not None else []
+        attempts.append((chunk.plain, None))
+        for text, parse_mode in attempts:
+            try:
+                await self._bot.edit_message_text(
+                    text, chat_id=self._to.chat_id, message_id=message_id, parse_mode=parse_mode
+                )
+                return True
+            except BadRequest as error:
+                if _not_modified(error):
+                    return True
+                log.warning("could not edit the streamed reply in %s: %s", self._to.chat_id, error)
+        return False
+
+    async def _send_voice(self, voice: VoiceNote) -> None:
+        self._actions.show(ChatAction.UPLOAD_VOICE)
+        try:
+            await self._bot.send_voice(
+                self._to.chat_id, voice.data, duration=max(1, round(voice.duration)), filename="reply.ogg",
+                message_thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(),
+                write_timeout=UPLOAD_TIMEOUT, read_timeout=UPLOAD_TIMEOUT,
+            )
+        except TelegramError as error:  # e.g. VOICE_MESSAGES_FORBIDDEN by the user's privacy settings
+            log.warning("voice note to %s not sent: %s", self._to.chat_id, error)
