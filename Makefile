@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
 REQS := requirements.txt requirements-dev.txt $(wildcard requirements-offline.txt requirements-web.txt) pyproject.toml
 
-.PHONY: run test bench venv clean
+.PHONY: run test bench venv clean chromium
 
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/voicebot run
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m pytest
+
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work
+# here); where apt is available and we are root, install it, otherwise those tests skip.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
