@@ -65,7 +65,7 @@ def test_auto_picks_cloud_when_keys_are_set() -> None:
 
 
 def test_auto_without_keys_or_offline_engines_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_offline_available", lambda kind: False)
+    monkeypatch.setattr(registry, "_offline_available", lambda kind, settings: False)
     with pytest.raises(ConfigError, match="GROQ_API_KEY"):
         registry.choose_names(Settings())
 
@@ -76,3 +76,13 @@ def test_explicit_choice_wins_and_mixing_works() -> None:
     assert registry.build_tts("none", settings) is None
     with pytest.raises(ConfigError, match="not a stt provider"):
         registry.build_stt("elevenlabs", settings)
+
+
+def test_auto_picks_the_offline_engines_without_keys() -> None:
+    from bot.providers import local_models
+
+    if not all(local_models.available(kind) for kind in ("stt", "llm", "tts")):
+        pytest.skip("offline engines not installed (make venv installs requirements-offline.txt)")
+    assert registry.choose_names(Settings()) == {"stt": "local", "llm": "local", "tts": "local", "avatar": "none"}
+    mixed = Settings(groq_api_key="k")  # Groq for speech and the LLM, the local voice
+    assert registry.choose_names(mixed) == {"stt": "groq", "llm": "groq", "tts": "local", "avatar": "none"}

