@@ -8,6 +8,9 @@ message gets its own task, and a per-channel lock keeps a channel's messages in 
 (the core's ledger answers a message id once; it fetches audio after its own checks).
 
 ``DISCORD_API_BASE_URL`` and ``DISCORD_GATEWAY_URL`` point discord.py elsewhere (tests, proxies).
+``DISCORD_SHARDS`` (``auto`` or a number) runs discord.py's :class:`~discord.ext.commands.AutoShardedBot`
+instead: several gateway connections, each for part of the servers; ``DISCORD_SHARD_IDS`` splits
+them between processes. A channel's events all come through one shard, so its order holds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -191,6 +195,7 @@ class DiscordBot(commands.Bot):
         *,
         voice_client_class: type[discord.VoiceProtocol] = discord.VoiceClient,
         guild_ready_timeout: float = 2.0,
+        **options: Any,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -198,6 +203,7 @@ class DiscordBot(commands.Bot):
             allowed_mentions=NO_PINGS,
             guild_ready_timeout=guild_ready_timeout,
             help_command=None,
+            **options,  # shard_count / shard_ids for ShardedDiscordBot
         )
         self.voicebot = voicebot
         self.voice = VoiceChannels(self, voice_client_class)
@@ -218,6 +224,47 @@ class DiscordBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("discord: logged in as %s (%s) in %d servers", self.user, self.user and self.user.id,
                  len(self.guilds))
+
+
+class ShardedDiscordBot(DiscordBot, commands.AutoShardedBot):
+    """The same bot on discord.py's AutoShardedBot: one gateway connection per shard.
+
+    Discord requires sharding from 2,500 servers on; each shard carries the events of the
+    servers with ``(guild_id >> 22) % shard_count == shard_id``, and DMs come through shard 0.
+    """
+
+    async def on_ready(self) -> None:
+        log.info("discord: logged in as %s (%s) in %d servers on shards %s of %s", self.user,
+                 self.user and self.user.id, len(self.guilds), sorted(self.shards), self.shard_count)
+
+
+def shard_options(settings: Settings) -> dict[str, Any] | None:
+    """AutoShardedBot's options from ``DISCORD_SHARDS``/``DISCORD_SHARD_IDS``; None when unsharded."""
+    value = settings.discord_shards.strip().lower()
+    if settings.discord_shard_ids and not value.isdigit():
+        raise ConfigError("DISCORD_SHARD_IDS needs DISCORD_SHARDS set to the total number of shards.")
+    if not value:
+        return None
+    if value == "auto":
+        return {}  # discord.py asks Discord for the recommended count
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"DISCORD_SHARDS must be empty, auto or a number of shards, not {settings.discord_shards!r}.")
+    count = int(value)
+    options: dict[str, Any] = {"shard_count": count}
+    if settings.discord_shard_ids:
+        ids = sorted({int(i) for i in settings.discord_shard_ids if i.isdigit()})
+        if len(ids) != len(set(settings.discord_shard_ids)) or not all(0 <= i < count for i in ids):
+            raise ConfigError(f"DISCORD_SHARD_IDS must be shard numbers from 0 to {count - 1}.")
+        options["shard_ids"] = ids
+    return options
+
+
+def build_client(voicebot: VoiceBot, **kwargs: Any) -> DiscordBot:
+    """The unsharded bot, or the sharded one when ``DISCORD_SHARDS`` is set."""
+    options = shard_options(voicebot.settings)
+    if options is None:
+        return DiscordBot(voicebot, **kwargs)
+    return ShardedDiscordBot(voicebot, **kwargs, **options)
 
 
 async def run(client: DiscordBot, token: str, stop: asyncio.Event) -> None:
@@ -258,5 +305,6 @@ async def serve(bot: VoiceBot, stop: asyncio.Event) -> None:
     if not token:
         raise ConfigError("DISCORD_BOT_TOKEN is not set: create a bot in the Discord Developer Portal "
                           "and put its token in .env (see docs/discord.md).")
+    client = build_client(bot)
     point_at_endpoints(bot.settings)
-    await run(DiscordBot(bot), token, stop)
+    await run(client, token, stop)

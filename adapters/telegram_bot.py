@@ -14,6 +14,7 @@ not); the core decides and answers through :class:`TelegramReplySink`. The piece
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import secrets
 import time
@@ -31,8 +32,10 @@ from adapters.telegram_intake import (
     UpdateInbox,
     WebhookIntake,
 )
+from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_ratelimiter import ChatRateLimiter, period_seconds, sleep_unless
 from adapters.telegram_reply import Destination, TelegramReplySink
+from adapters.workers import WorkerRole, current_role, watch_parent
 from bot.commands import parse_command
 from bot.config import Settings
 from bot.errors import ConfigError
@@ -50,6 +53,8 @@ ADMIN_CACHE_SECONDS = 60.0
 DOWNLOAD_TIMEOUT = 60.0
 #: Pauses before trying again to deliver an answer Telegram did not take (5xx, network).
 RETRY_DELAYS = (5.0, 30.0, 120.0)
+#: Handled updates are kept in the inbox this long (to recognise a late redelivery), then pruned.
+INBOX_KEEP = dt.timedelta(days=7)
 TOKEN_REFUSED = "Telegram refused TELEGRAM_BOT_TOKEN: check it with @BotFather."
 #: Seconds between edits of a streamed reply: Telegram allows about 20 messages a minute in a group.
 EDIT_INTERVAL = {ChatKind.PRIVATE: 1.0, ChatKind.GROUP: 3.0}
@@ -194,8 +199,10 @@ class AdminCache:
 class TelegramAdapter:
     """The Telegram side of one :class:`VoiceBot`: handlers, translation and lifecycle."""
 
-    def __init__(self, voicebot: VoiceBot, application: Application) -> None:
+    def __init__(self, voicebot: VoiceBot, application: Application, role: WorkerRole | None = None) -> None:
         self.voicebot = voicebot
+        #: Set when this process is one of several webhook workers (adapters/workers.py).
+        self.role = role
         self.settings: Settings = voicebot.settings
         self.application = application
         self.processor = application.update_processor
@@ -219,7 +226,13 @@ class TelegramAdapter:
         return WebhookIntake(
             bot, self.inbox, submit, url=self.settings.telegram_webhook_url,
             listen=self.settings.telegram_webhook_listen, port=self.settings.telegram_webhook_port, secret=secret,
+            reuse_port=self.role is not None, register=self.registers,
         )
+
+    @property
+    def registers(self) -> bool:
+        """Whether this process registers the webhook and the command menu (one worker does)."""
+        return self.role is None or self.role.registers
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then return within a few seconds."""
@@ -228,7 +241,9 @@ class TelegramAdapter:
             return
         intake_task: asyncio.Task[None] | None = None
         try:
-            await self.register_commands()
+            if self.registers:
+                await self.register_commands()
+                await self.prune_inbox()
             await app.start()
             for update in await self.inbox.pending():
                 await app.update_queue.put(update)
@@ -280,9 +295,29 @@ class TelegramAdapter:
         except TelegramError as error:
             log.warning("telegram: could not set the command menu: %s", error)
 
+    async def prune_inbox(self) -> None:
+        try:
+            pruned = await self.voicebot.store.inbox_prune(PLATFORM, INBOX_KEEP)
+        except Exception as error:  # noqa: BLE001 - housekeeping never stops the bot
+            log.warning("telegram: could not prune the inbox: %s", error)
+            return
+        if pruned:
+            log.info("telegram: pruned %d handled updates older than %d days", pruned, INBOX_KEEP.days)
+
     # --- handlers ----------------------------------------------------------------------------
 
     async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Answer one message (after the chat's earlier ones other workers received).
+
+        In webhook mode several processes may share the endpoint (``--workers``, or a load
+        balancer in front of separate processes); polling has one process by nature."""
+        if self.settings.telegram_webhook_url:
+            for earlier in await self.inbox.earlier_in_chat(update):
+                if earlier.message is not None and _MEDIA_FILTER.check_update(earlier):
+                    await self.answer_update(earlier)
+        await self.answer_update(update)
+
+    async def answer_update(self, update: Update) -> None:
         """Answer one message; mark its update done unless the answer did not get out."""
         message = update.message
         assert message is not None
@@ -385,16 +420,18 @@ class TelegramAdapter:
 
 
 def build_application(settings: Settings, token: str) -> Application:
-    """The PTB Application: our rate limiter and update processor, no PTB Updater (our intake)."""
+    """The PTB Application: our rate limiter, update processor and HTTP client (aiohttp, see
+    ``telegram_http``), no PTB Updater (our intake)."""
     return (
         Application.builder()
         .token(token)
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(ChatRateLimiter())
+        .rate_limiter(ChatRateLimiter(overall_per_second=settings.telegram_max_messages_per_second))
         .concurrent_updates(ChatOrderedProcessor())
         .updater(None)
-        .read_timeout(15.0)
+        .request(AiohttpRequest(read_timeout=15.0))
+        .get_updates_request(AiohttpRequest(connection_pool_size=1))
         .build()
     )
 
@@ -404,4 +441,14 @@ async def serve(bot: VoiceBot, stop: asyncio.Event) -> None:
     token = Settings.secret(bot.settings.telegram_bot_token)
     if not token:
         raise ConfigError("Set TELEGRAM_BOT_TOKEN (from @BotFather) to run the Telegram bot.")
-    await TelegramAdapter(bot, build_application(bot.settings, token)).run(stop)
+    role = current_role()
+    if role is None:
+        await TelegramAdapter(bot, build_application(bot.settings, token)).run(stop)
+        return
+    role.tag_logs()
+    log.info("telegram: %s of %d", role.name, role.count)
+    orphaned = asyncio.create_task(watch_parent(stop), name="telegram-watch-supervisor")
+    try:
+        await TelegramAdapter(bot, build_application(bot.settings, token), role).run(stop)
+    finally:
+        orphaned.cancel()

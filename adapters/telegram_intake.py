@@ -69,10 +69,10 @@ class UpdateInbox:
 
     async def put(self, updates: Sequence[Update]) -> list[Update]:
         """Commit ``updates``; return those that should be handled now, in order."""
-        items = [(str(u.update_id), u.to_json()) for u in updates]
+        items = [(str(u.update_id), u.to_json(), _chat_key(u)) for u in updates]
         async with self._lock:
             fresh = await self._store.inbox_put(PLATFORM, items)
-            if fresh == len({key for key, _ in items}):
+            if fresh == len({item[0] for item in items}):
                 new = [u for u in updates if str(u.update_id) not in self._seen]
             else:  # some were stored before: only pending ones nobody is handling yet are new
                 pending = {key for key, _ in await self._store.inbox_pending(PLATFORM)}
@@ -99,6 +99,30 @@ class UpdateInbox:
 
     async def done(self, update: Update) -> None:
         await self._store.inbox_done(PLATFORM, str(update.update_id))
+
+    async def earlier_in_chat(self, update: Update) -> list[Update]:
+        """The chat's updates older than ``update`` that another worker stored and nobody here
+        is handling, oldest first: with several webhook workers, one chat's updates can reach
+        different processes, and answering these first keeps the chat in order."""
+        chat_key = _chat_key(update)
+        if chat_key is None:
+            return []
+        earlier = []
+        for key, payload in await self._store.inbox_pending_in_chat(PLATFORM, chat_key):
+            if not key.isdigit() or int(key) >= update.update_id or key in self._seen:
+                continue
+            try:
+                stored = Update.de_json(json.loads(payload), self._bot)
+            except (ValueError, TypeError, KeyError):
+                continue  # the worker that stored it drops it
+            self._remember(key)
+            earlier.append(stored)
+        return sorted(earlier, key=lambda u: u.update_id)
+
+
+def _chat_key(update: Update) -> str | None:
+    chat = update.effective_chat
+    return str(chat.id) if chat is not None else None
 
 
 class ChatOrderedProcessor(BaseUpdateProcessor):
@@ -246,7 +270,8 @@ class WebhookIntake:
     mode = "webhook"
 
     def __init__(
-        self, bot: Bot, inbox: UpdateInbox, submit: Submit, *, url: str, listen: str, port: int, secret: str
+        self, bot: Bot, inbox: UpdateInbox, submit: Submit, *, url: str, listen: str, port: int, secret: str,
+        reuse_port: bool = False, register: bool = True,
     ) -> None:
         self._bot = bot
         self._inbox = inbox
@@ -255,6 +280,9 @@ class WebhookIntake:
         self._listen = listen
         self._port = port
         self._secret = secret
+        # Several worker processes bind one port (SO_REUSEPORT) and one of them registers it.
+        self._reuse_port = reuse_port
+        self._register = register
 
     @property
     def path(self) -> str:
@@ -266,11 +294,12 @@ class WebhookIntake:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._listen, self._port).start()
+            await web.TCPSite(runner, self._listen, self._port, reuse_port=self._reuse_port or None).start()
             log.info("telegram: webhook listening on %s:%d%s", self._listen, self._port, self.path)
-            await self._bot.set_webhook(
-                self._url, secret_token=self._secret, allowed_updates=list(ALLOWED_UPDATES), max_connections=40
-            )
+            if self._register:
+                await self._bot.set_webhook(
+                    self._url, secret_token=self._secret, allowed_updates=list(ALLOWED_UPDATES), max_connections=40
+                )
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -280,7 +309,7 @@ class WebhookIntake:
             return web.Response(status=403)
         try:
             update = Update.de_json(await request.json(), self._bot)
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):  # PTB meets a list or a string
             return web.Response(status=400)
         if update is None:
             return web.Response(status=400)

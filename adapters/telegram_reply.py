@@ -242,6 +242,7 @@ class TelegramReplySink:
 
     async def deliver_video(self, video: Video, reply: Reply) -> None:
         self._actions.show(ChatAction.UPLOAD_VIDEO)
+        await asyncio.sleep(0)  # the action goes out before the upload
         try:
             await self._bot.send_video(
                 self._to.chat_id, video.data, filename="reply.mp4", supports_streaming=True,
@@ -250,6 +251,10 @@ class TelegramReplySink:
             )
         finally:
             self._actions.stop()
+
+    async def video_failed(self) -> None:
+        """The avatar clip will not come: stop showing "recording a video"."""
+        self._actions.stop()
 
     def close(self) -> None:
         """Stop what still runs for this turn (a chat action, an unfinished stream)."""
@@ -296,6 +301,7 @@ class TelegramReplySink:
 
     async def _send_voice(self, voice: VoiceNote) -> None:
         self._actions.show(ChatAction.UPLOAD_VOICE)
+        await asyncio.sleep(0)  # let "sending a voice message" out before the upload itself
         try:
             await self._bot.send_voice(
                 self._to.chat_id, voice.data, duration=max(1, round(voice.duration)), filename="reply.ogg",

@@ -2,7 +2,7 @@
 
     voicebot ask --text "..." | --audio FILE [--voice-out reply.ogg] [--chat ID] [--json]
     voicebot chat                 interactive terminal chat
-    voicebot telegram | discord   run a platform adapter
+    voicebot telegram [--workers N] | discord   run a platform adapter
     voicebot web                  the local web chat page
     voicebot run                  what `make run` does: the configured platforms, else the local chat
     voicebot db upgrade|current   database migrations
@@ -126,6 +126,13 @@ async def cmd_platform(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "web":
         settings = settings.model_copy(update={"web_host": args.host or settings.web_host,
                                                "web_port": args.port or settings.web_port})
+    if args.command == "telegram":
+        if args.workers is not None and args.workers < 1:
+            raise UsageError("--workers must be 1 or more")
+        workers = args.workers or settings.telegram_webhook_workers
+        if workers > 1:  # a supervisor of N webhook worker processes (adapters/workers.py)
+            supervise = _server("adapters.workers", "supervise")
+            return await supervise(settings, workers, log_level=args.log_level)
     return await serve_until_stopped(settings, [_server(modules[args.command])])
 
 
@@ -133,6 +140,8 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     servers: list[Server] = []
     if settings.telegram_bot_token is not None:
         servers.append(_server("adapters.telegram_bot"))
+        if settings.telegram_webhook_workers > 1:
+            log.warning("TELEGRAM_WEBHOOK_WORKERS is for `voicebot telegram`; `voicebot run` is one process")
     if settings.discord_bot_token is not None:
         servers.append(_server("adapters.discord_bot"))
     if servers:
@@ -183,8 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chat", default="terminal", help="chat id: history is kept per id")
     chat.set_defaults(handler=cmd_chat)
 
-    for name, text in (("telegram", "run the Telegram bot"), ("discord", "run the Discord bot")):
-        sub.add_parser(name, help=text).set_defaults(handler=cmd_platform)
+    telegram = sub.add_parser("telegram", help="run the Telegram bot")
+    telegram.add_argument("--workers", type=int, metavar="N",
+                          help="webhook mode: N worker processes on one port (default TELEGRAM_WEBHOOK_WORKERS, 1)")
+    telegram.set_defaults(handler=cmd_platform)
+    sub.add_parser("discord", help="run the Discord bot").set_defaults(handler=cmd_platform)
     web = sub.add_parser("web", help="serve the local web chat page")
     web.add_argument("--host", help="listen address (default 127.0.0.1)")
     web.add_argument("--port", type=int, help="listen port (default 7860)")

@@ -42,7 +42,8 @@ def parse_command(text: str) -> tuple[str, str] | None:
     stripped = text.strip()
     if not stripped.startswith("/") or len(stripped) < 2 or stripped[1].isspace():
         return None
-    head, _, argument = stripped[1:].partition(" ")
+    head, *rest = stripped[1:].split(maxsplit=1)  # "/persona\nYou are..." is a command too
+    argument = rest[0] if rest else ""
     name = head.split("@", 1)[0].casefold()
     if not name or not all(c.isalnum() or c == "_" for c in name):
         return None

@@ -108,15 +108,35 @@ class Settings(BaseSettings):
     telegram_webhook_listen: str = "0.0.0.0"
     telegram_webhook_port: int = 8443
     telegram_webhook_secret: SecretStr | None = None
+    # Bot API calls per second the bot allows itself across all chats (Telegram's limit is about
+    # 30 messages a second per bot); 0 = no overall pacing (a raised limit, or a benchmark).
+    telegram_max_messages_per_second: float = Field(default=30.0, ge=0)
     discord_bot_token: SecretStr | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
+    # Gateway sharding (discord.py's AutoShardedBot): empty = one connection, no sharding;
+    # "auto" = as many shards as Discord recommends; a number = that many shards.
+    discord_shards: str = ""
+    # Which of those shards this process runs (e.g. "0,1" of 4); empty = all of them.
+    discord_shard_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- scale-out: several worker processes sharing one bot
     redis_url: str | None = None
     # How one chat's turns are kept in order across workers: auto = redis when REDIS_URL is
     # set, else in-process (right for a single process); postgres = advisory locks.
     chat_lock: Literal["auto", "local", "redis", "postgres"] = "auto"
+    # Seconds a Redis chat lock lives without renewal: how long a chat waits after a worker died
+    # holding it (a running turn renews it every third of this).
+    chat_lock_lease: float = 30.0
+    # Telegram webhook worker processes sharing one port (SO_REUSEPORT); >1 needs PostgreSQL
+    # and a shared chat lock (REDIS_URL or CHAT_LOCK=postgres).
+    telegram_webhook_workers: int = Field(default=1, ge=1, le=64)
+    # Database connections per process (PostgreSQL): kept open, extra under load, wait for one.
+    db_pool_size: int = Field(default=5, ge=1)
+    db_max_overflow: int = Field(default=5, ge=0)
+    db_pool_timeout: float = 30.0
+    # Redis connections per client (each worker has two: chat locks and rate limits).
+    redis_max_connections: int = Field(default=20, ge=1)
 
     # --- offline engines
     models_cache_dir: Path = Path.home() / ".cache" / "voicebot"
@@ -127,7 +147,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = 7860
 
-    @field_validator("allowed_user_ids", "allowed_chat_ids", "allowed_guild_ids", mode="before")
+    @field_validator("allowed_user_ids", "allowed_chat_ids", "allowed_guild_ids", "discord_shard_ids", mode="before")
     @classmethod
     def _ids(cls, value: object) -> object:
         return _split_ids(value)

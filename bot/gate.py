@@ -79,11 +79,11 @@ class RateLimiter:
 class RedisRateLimiter(RateLimiter):
     """The same sliding window kept in Redis (a sorted set per user), shared by all workers."""
 
-    def __init__(self, url: str, limit: int, window: float, clock=time.time) -> None:
+    def __init__(self, url: str, limit: int, window: float, clock=time.time, *, max_connections: int = 20) -> None:
         super().__init__(limit, window, clock)
-        import redis.asyncio as redis
+        from bot.ordering import redis_client
 
-        self._redis = redis.from_url(url)
+        self._redis = redis_client(url, max_connections=max_connections)
 
     async def check(self, user: str) -> None:
         if self.limit <= 0:
@@ -130,7 +130,8 @@ class Gate:
         self.settings = settings
         self.access = AccessList(settings.allowed_user_ids, settings.allowed_chat_ids)
         self.rate: RateLimiter = (
-            RedisRateLimiter(settings.redis_url, settings.rate_limit_messages, settings.rate_limit_window)
+            RedisRateLimiter(settings.redis_url, settings.rate_limit_messages, settings.rate_limit_window,
+                             max_connections=settings.redis_max_connections)
             if settings.redis_url
             else RateLimiter(settings.rate_limit_messages, settings.rate_limit_window)
         )
@@ -169,13 +170,16 @@ class Gate:
         s = self.settings
         return bool(s.daily_audio_seconds or s.daily_tokens or s.daily_tts_chars)
 
-    def check_budget(self, used: UsageTotals) -> None:
-        """Raise when today's usage reached a configured daily budget."""
+    def check_budget(self, used: UsageTotals, *, voice_note: bool = False) -> None:
+        """Raise when today's usage reached a budget this turn needs: LLM tokens for any answer,
+        listening seconds for a voice note. A used-up voice budget refuses nothing: the answer
+        comes as text only (:meth:`voice_budget_left`)."""
         s = self.settings
-        for limit, value, what in (
-            (s.daily_audio_seconds, used.audio_seconds, "listening"),
-            (s.daily_tokens, used.tokens, "conversation"),
-            (s.daily_tts_chars, used.tts_chars, "voice"),
-        ):
-            if limit and value >= limit:
-                raise BudgetExceededError(what)
+        if s.daily_tokens and used.tokens >= s.daily_tokens:
+            raise BudgetExceededError("conversation")
+        if voice_note and s.daily_audio_seconds and used.audio_seconds >= s.daily_audio_seconds:
+            raise BudgetExceededError("listening")
+
+    def voice_budget_left(self, used: UsageTotals) -> bool:
+        limit = self.settings.daily_tts_chars
+        return not limit or used.tts_chars < limit

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -42,11 +43,20 @@ class RedactSecrets(logging.Filter):
 
 
 def settings_secrets(settings: Settings) -> list[str]:
-    return [
+    values = [
         value.get_secret_value()
         for value in (getattr(settings, name) for name in type(settings).model_fields)
         if isinstance(value, SecretStr)
     ]
+    # "<bot id>:<secret>" (Telegram) and "<user>:<key>" (D-ID): the part after the colon is the
+    # secret itself and may show up alone (a URL-encoded colon, an error quoting half a token).
+    values += [value.split(":", 1)[1] for value in values if len(value.partition(":")[2]) >= 8]
+    # Passwords inside connection URLs (PostgreSQL, Redis).
+    for url in (settings.database_url, settings.redis_url):
+        password = urlsplit(url).password if url else None
+        if password:
+            values.append(password)
+    return values
 
 
 def configure_logging(settings: Settings, level: str | None = None) -> None:

@@ -55,6 +55,34 @@ class ChatLocks:
         return None
 
 
+def redis_client(url: str, *, max_connections: int = 20, wait: float = 10.0) -> Any:
+    """A redis-py asyncio client with a bounded pool and retries on a lost connection.
+
+    At most ``max_connections`` connections; a caller waits up to ``wait`` seconds for a free
+    one. A connection the server dropped (a restart, ``CLIENT KILL``, an idle timeout) is
+    noticed when it is taken from the pool and replaced; a command whose connection breaks
+    under it is sent again on a new one, up to three times with a short backoff. Connections
+    are named ``voicebot-<pid>`` (``CLIENT LIST`` shows which worker holds which).
+    """
+    import os
+
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=wait,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3),
+        client_name=f"voicebot-{os.getpid()}",
+    )
+    return redis.Redis.from_pool(pool)
+
+
 def lock_name(key: Hashable) -> str:
     return "voicebot:chat:" + ":".join(str(part) for part in (key if isinstance(key, tuple) else (key,)))
 
@@ -66,11 +94,9 @@ class RedisChatLocks(ChatLocks):
     crashed worker's lock expires after ``lease`` seconds instead of blocking the chat.
     """
 
-    def __init__(self, url: str, *, lease: float = 30.0, wait: float = 120.0) -> None:
+    def __init__(self, url: str, *, lease: float = 30.0, wait: float = 120.0, max_connections: int = 20) -> None:
         super().__init__()
-        import redis.asyncio as redis
-
-        self._redis = redis.from_url(url)
+        self._redis = redis_client(url, max_connections=max_connections)
         self._lease = lease
         self._wait = wait
 
@@ -111,14 +137,21 @@ class PostgresChatLocks(ChatLocks):
     """A PostgreSQL session advisory lock per chat on top of the local one.
 
     Waiting polls ``pg_try_advisory_lock`` so a waiting chat holds no connection; the holder
-    keeps one connection (from ``engine``'s pool) for the length of its turn.
+    keeps one connection (from ``engine``'s pool) for the length of its turn, so ``engine``
+    should not be the store's: lock holders could take every connection the turns need.
+    ``dispose`` closes ``engine`` with the locks.
     """
 
-    def __init__(self, engine: Any, *, wait: float = 120.0, poll: float = 0.02) -> None:
+    def __init__(self, engine: Any, *, wait: float = 120.0, poll: float = 0.02, dispose: bool = False) -> None:
         super().__init__()
         self._engine = engine
         self._wait = wait
         self._poll = poll
+        self._dispose = dispose
+
+    async def aclose(self) -> None:
+        if self._dispose:
+            await self._engine.dispose()
 
     @asynccontextmanager
     async def hold(self, key: Hashable) -> AsyncIterator[None]:
@@ -136,9 +169,22 @@ class PostgresChatLocks(ChatLocks):
                         try:
                             yield
                         finally:
-                            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
-                            await connection.commit()
+                            await self._unlock(connection, lock_id, key)
                         return
                 if loop.time() > deadline:
                     raise TimeoutError(f"advisory lock for {lock_name(key)} not acquired in {self._wait:.0f}s")
                 await asyncio.sleep(self._poll)
+
+    @staticmethod
+    async def _unlock(connection: Any, lock_id: int, key: Hashable) -> None:
+        """Release the advisory lock; if the connection broke, drop it (its locks went with it)."""
+        from sqlalchemy import text
+
+        try:
+            await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+            await connection.commit()
+        except Exception as exc:  # noqa: BLE001 - the turn is done; never fail it here
+            log.warning("chat lock %s: connection lost while held (%s); dropping it", lock_name(key),
+                        type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await connection.invalidate()  # closed, never back in the pool holding a lock

@@ -44,7 +44,7 @@ from bot.ordering import ChatLockProvider, ChatLocks
 from bot.providers.base import AvatarRenderer, SpeechToText, TextToSpeech
 from bot.retry import CircuitBreaker, call_with_retries
 from bot.sink import ReplySink
-from bot.text import to_spoken_text
+from bot.text import clean_input, to_spoken_text
 from bot.trigger import addresses_bot
 from storage.store import ChatSettings, HistoryStore, TurnRecord, TurnState
 
@@ -88,6 +88,8 @@ class TurnContext:
     language: str | None = None
     audio_seconds: float = 0.0
     user_stored: bool = False
+    limited: bool = False  # rate and daily budgets checked (once per turn)
+    voice_allowed: bool = True  # False once the user's daily voice budget is used
     reply_text: str | None = None
     tokens: int = 0
     tts_chars: int = 0
@@ -100,6 +102,15 @@ class TurnContext:
     def explicitly_addressed(self) -> bool:
         m = self.message
         return not m.is_group or m.mentioned or m.replied_to_bot or m.always_answer
+
+
+def _cleaned(message: IncomingMessage) -> IncomingMessage:
+    """The message with text a database and a provider accept (see :func:`clean_input`)."""
+    text = clean_input(message.text) if message.text else message.text
+    name = clean_input(message.user_name) if message.user_name else message.user_name
+    if text == message.text and name == message.user_name:
+        return message
+    return dataclasses.replace(message, text=text, user_name=name)
 
 
 class TurnPipeline:
@@ -132,6 +143,7 @@ class TurnPipeline:
 
     async def handle(self, message: IncomingMessage, sink: ReplySink) -> Outcome:
         """Run one incoming message through every stage, in this chat's order."""
+        message = _cleaned(message)
         turn = TurnContext(message, sink)
         async with self.locks.hold(message.chat_key):
             started = time.perf_counter()
@@ -201,7 +213,8 @@ class TurnPipeline:
     async def _ledger(self, turn: TurnContext) -> None:
         message = turn.message
         turn.chat_id = await self.store.chat_id(message.platform, message.chat_id)
-        record = await self.store.begin_turn(turn.chat_id, message.message_id, message.user_id)
+        # One database session for the ledger entry and the chat's settings (bench/bench_turn.py).
+        record, chat = await self.store.begin_turn_with_settings(turn.chat_id, message.message_id, message.user_id)
         turn.record = record
         if not record.is_new:
             if record.state in (TurnState.DELIVERED, TurnState.FAILED):
@@ -211,7 +224,7 @@ class TurnPipeline:
             turn.user_text = record.user_text
             turn.user_stored = record.user_text is not None
             turn.reply_text = record.reply_text
-        turn.chat = await self.store.chat_settings(turn.chat_id)
+        turn.chat = chat
 
     async def _command(self, turn: TurnContext) -> None:
         parsed = parse_command(turn.message.text or "") if turn.message.audio is None else None
@@ -224,6 +237,8 @@ class TurnPipeline:
     async def _check_input(self, turn: TurnContext) -> None:
         if turn.user_text is None:
             self.gate.check_input(turn.message)
+            if turn.message.audio is not None and turn.explicitly_addressed:
+                await self._rate(turn)  # before paying for a download and a transcription
 
     async def _transcribe(self, turn: TurnContext) -> None:
         message = turn.message
@@ -283,11 +298,17 @@ class TurnPipeline:
             turn.outcome = Outcome.IGNORED
 
     async def _rate(self, turn: TurnContext) -> None:
-        if turn.user_stored:
+        """The user's daily budgets and message rate, once per turn. A voice note addressed to
+        the bot is checked before it is transcribed; group chatter only once it turned out to
+        be for the bot."""
+        if turn.user_stored or turn.limited:
             return
+        turn.limited = True
         if self.gate.has_budgets:
             today = dt.datetime.now(dt.UTC).date()
-            self.gate.check_budget(await self.store.usage(turn.message.platform, turn.message.user_id, since=today))
+            used = await self.store.usage(turn.message.platform, turn.message.user_id, since=today)
+            self.gate.check_budget(used, voice_note=turn.message.audio is not None)
+            turn.voice_allowed = self.gate.voice_budget_left(used)
         try:
             await self.gate.check_rate(turn.message)
         except RateLimitedError as error:
@@ -368,7 +389,7 @@ class TurnPipeline:
 
     async def _speak(self, turn: TurnContext) -> None:
         assert turn.chat is not None and turn.reply_text is not None
-        if self.tts is None or not self._voice_enabled(turn.chat):
+        if self.tts is None or not self._voice_enabled(turn.chat) or not turn.voice_allowed:
             return
         spoken = to_spoken_text(turn.reply_text, self.settings.max_reply_chars_spoken)
         if not spoken:
@@ -394,7 +415,7 @@ class TurnPipeline:
             thread_id=turn.message.thread_id,
         )
         if turn.voice is None and self.tts is not None and self._voice_enabled(turn.chat):
-            reply.notes.append("voice unavailable")
+            reply.notes.append("voice unavailable" if turn.voice_allowed else "voice allowance used")
         try:
             await turn.sink.deliver(reply)
         except Exception:  # noqa: BLE001 - the turn stays REPLIED and is delivered on redelivery
@@ -426,6 +447,13 @@ class TurnPipeline:
             await turn.sink.deliver_video(video, turn.reply)
         except Exception as error:  # noqa: BLE001 - text and voice are out already
             log.warning("avatar clip failed for %s/%s: %s", turn.message.platform, turn.message.message_id, error)
+            # No clip is coming: a sink showing "recording a video" stops (optional method).
+            video_failed = getattr(turn.sink, "video_failed", None)
+            if video_failed is not None:
+                try:
+                    await video_failed()
+                except Exception:  # noqa: BLE001 - decoration only
+                    log.debug("video_failed raised", exc_info=True)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Wait for background work (avatar clips) to finish, cancelling what overruns."""

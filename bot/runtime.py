@@ -19,6 +19,9 @@ from storage.store import HistoryStore
 
 log = logging.getLogger(__name__)
 
+#: Connections CHAT_LOCK=postgres may hold beyond DB_POOL_SIZE: one per turn running at once.
+LOCK_CONNECTIONS = 64
+
 
 def chat_locks(settings: Settings, store: HistoryStore) -> ChatLockProvider:
     """The per-chat lock that fits the deployment (see ``CHAT_LOCK``)."""
@@ -28,11 +31,16 @@ def chat_locks(settings: Settings, store: HistoryStore) -> ChatLockProvider:
     if choice == "redis":
         if not settings.redis_url:
             raise ConfigError("CHAT_LOCK=redis needs REDIS_URL.")
-        return RedisChatLocks(settings.redis_url)
+        return RedisChatLocks(settings.redis_url, lease=settings.chat_lock_lease,
+                              max_connections=settings.redis_max_connections)
     if choice == "postgres":
         if store.engine.dialect.name != "postgresql":
             raise ConfigError("CHAT_LOCK=postgres needs a PostgreSQL DATABASE_URL.")
-        return PostgresChatLocks(store.engine)
+        # A running turn holds its lock's connection: locks get a pool of their own (up to
+        # LOCK_CONNECTIONS running turns per process) so they never starve the store's.
+        engine = store.sibling_engine(pool_size=settings.db_pool_size, max_overflow=LOCK_CONNECTIONS,
+                                      pool_timeout=120.0)
+        return PostgresChatLocks(engine, dispose=True)
     return ChatLocks()
 
 
@@ -55,7 +63,10 @@ class VoiceBot:
     @classmethod
     async def create(cls, settings: Settings, *, migrate: bool = True) -> Self:
         providers = build_providers(settings)
-        store = HistoryStore.from_url(settings.database_url)
+        store = HistoryStore.from_url(
+            settings.database_url, pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout,
+        )
         if migrate:
             await store.migrate()
         log.info("storage: %s", store.url)

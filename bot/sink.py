@@ -4,7 +4,9 @@ An adapter implements :class:`ReplySink` once per incoming message. The core cal
 this order: ``stage`` (any number of times, for chat actions), ``text_delta`` (only when the
 adapter streams), ``deliver`` exactly once, then ``deliver_video`` at most once, later, when
 an avatar clip is ready. A turn counts as answered only after ``deliver`` returned, so an
-adapter must raise if the platform did not take the reply.
+adapter must raise if the platform did not take the reply. When a clip announced with
+``stage(RENDERING_VIDEO)`` fails, the core calls the sink's ``video_failed()`` if it has one
+(optional: for sinks that keep showing the stage until told otherwise).
 """
 
 from __future__ import annotations

@@ -58,6 +58,17 @@ def split_for_platform(text: str, limit: int) -> list[str]:
     return chunks
 
 
+def clean_input(text: str) -> str:
+    """User text as storage and providers take it: NUL removed (PostgreSQL's text type refuses
+    it) and lone UTF-16 surrogates, which cannot be encoded as UTF-8, replaced by U+FFFD."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 _CODE_BLOCK = re.compile(r"```.*?(```|$)", re.DOTALL)
 _LINK = re.compile(r"\[([^\]]+)\]\([^)]+\)")
 _URL = re.compile(r"https?://\S+")

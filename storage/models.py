@@ -111,15 +111,22 @@ class InboxItem(Base):
 
     Telegram forgets an update once a later ``getUpdates`` confirms it; committing it here
     first means a crash between fetch and answer loses nothing: on start, what is still
-    pending is answered. ``key`` is the platform's update id.
+    pending is answered. ``key`` is the platform's update id; ``chat_key`` the chat it belongs
+    to, so a worker can find a chat's earlier updates that another worker received (revision
+    0002; NULL for rows stored before). Done rows are pruned after a while.
     """
 
     __tablename__ = "inbox"
-    __table_args__ = (UniqueConstraint("platform", "key", name="uq_inbox_platform_key"),)
+    __table_args__ = (
+        UniqueConstraint("platform", "key", name="uq_inbox_platform_key"),
+        Index("ix_inbox_platform_chat_key_done", "platform", "chat_key", "done"),
+        Index("ix_inbox_done_received_at", "done", "received_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(128))
     payload: Mapped[str] = mapped_column(Text)
-    done: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    chat_key: Mapped[str | None] = mapped_column(String(128), nullable=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,19 @@ class HistoryStore:
         self._chat_ids: dict[tuple[str, str], int] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, pool_size: int = 5) -> HistoryStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int | None = None,
+        pool_timeout: float = 30.0,
+        pool_recycle: float = 1800.0,
+    ) -> HistoryStore:
+        """A store on ``url``. PostgreSQL gets a bounded pool: ``pool_size`` connections kept,
+        up to ``max_overflow`` (default: ``pool_size``) more under load, then callers wait up to
+        ``pool_timeout`` seconds. Every checkout is pinged first, so a connection the server
+        dropped (a restart, ``pg_terminate_backend``, an idle timeout) is replaced, not used."""
         url = normalize_url(url)
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -114,11 +127,26 @@ class HistoryStore:
             # thread) queues writes in order instead of failing with "database is locked".
             kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size if max_overflow is None else max_overflow,
+                pool_timeout=pool_timeout,
+                pool_recycle=pool_recycle,
+                pool_pre_ping=True,
+            )
         engine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return cls(engine)
+
+    def sibling_engine(self, *, pool_size: int, max_overflow: int, pool_timeout: float = 30.0) -> AsyncEngine:
+        """Another engine on the same database with a pool of its own, for connections held
+        for long (a chat lock lives on its connection for a whole turn) so they never take
+        the store's. The caller disposes of it."""
+        return create_async_engine(
+            self.engine.url, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout,
+            pool_recycle=1800.0, pool_pre_ping=True,
+        )
 
     @property
     def url(self) -> str:
@@ -162,17 +190,21 @@ class HistoryStore:
 
     async def chat_settings(self, chat_id: int) -> ChatSettings:
         async with self._sessions() as session:
-            chat = await session.get(Chat, chat_id)
-            assert chat is not None, f"unknown chat {chat_id}"
-            return ChatSettings(
-                chat_id=chat.id,
-                voice_enabled=chat.voice_enabled,
-                speaker=chat.speaker,
-                persona=chat.persona,
-                video_enabled=chat.video_enabled,
-                transcript_enabled=chat.transcript_enabled,
-                extra=dict(chat.extra or {}),
-            )
+            return await self._chat_settings(session, chat_id)
+
+    @staticmethod
+    async def _chat_settings(session: AsyncSession, chat_id: int) -> ChatSettings:
+        chat = await session.get(Chat, chat_id)
+        assert chat is not None, f"unknown chat {chat_id}"
+        return ChatSettings(
+            chat_id=chat.id,
+            voice_enabled=chat.voice_enabled,
+            speaker=chat.speaker,
+            persona=chat.persona,
+            video_enabled=chat.video_enabled,
+            transcript_enabled=chat.transcript_enabled,
+            extra=dict(chat.extra or {}),
+        )
 
     async def update_chat_settings(self, chat_id: int, **values: Any) -> None:
         unknown = set(values) - _SETTING_FIELDS
@@ -191,31 +223,45 @@ class HistoryStore:
         whatever text was already stored, so the caller can resume instead of starting again.
         """
         async with self._sessions() as session:
-            turn = Turn(chat_id=chat_id, message_id=message_id, user_key=user_key)
-            session.add(turn)
-            try:
-                await session.commit()
-                return TurnRecord(turn.id, chat_id, TurnState.RECEIVED, is_new=True)
-            except IntegrityError:
-                await session.rollback()
-            existing = await session.scalar(
-                select(Turn).where(Turn.chat_id == chat_id, Turn.message_id == message_id)
+            return await self._begin_turn(session, chat_id, message_id, user_key)
+
+    async def begin_turn_with_settings(
+        self, chat_id: int, message_id: str, user_key: str
+    ) -> tuple[TurnRecord, ChatSettings]:
+        """:meth:`begin_turn` and :meth:`chat_settings` in one session: what a turn's ledger
+        stage needs with one connection checkout instead of two (with SQLite each checkout and
+        statement is a few hops to aiosqlite's thread; bench/bench_turn.py)."""
+        async with self._sessions() as session:
+            record = await self._begin_turn(session, chat_id, message_id, user_key)
+            return record, await self._chat_settings(session, chat_id)
+
+    @staticmethod
+    async def _begin_turn(session: AsyncSession, chat_id: int, message_id: str, user_key: str) -> TurnRecord:
+        turn = Turn(chat_id=chat_id, message_id=message_id, user_key=user_key)
+        session.add(turn)
+        try:
+            await session.commit()
+            return TurnRecord(turn.id, chat_id, TurnState.RECEIVED, is_new=True)
+        except IntegrityError:
+            await session.rollback()
+        existing = await session.scalar(
+            select(Turn).where(Turn.chat_id == chat_id, Turn.message_id == message_id)
+        )
+        assert existing is not None
+        rows = (
+            await session.execute(
+                select(Message.role, Message.content).where(Message.turn_id == existing.id)
             )
-            assert existing is not None
-            rows = (
-                await session.execute(
-                    select(Message.role, Message.content).where(Message.turn_id == existing.id)
-                )
-            ).all()
-            texts = {role: content for role, content in rows}
-            return TurnRecord(
-                existing.id,
-                chat_id,
-                TurnState(existing.state),
-                is_new=False,
-                user_text=texts.get("user"),
-                reply_text=texts.get("assistant"),
-            )
+        ).all()
+        texts = {role: content for role, content in rows}
+        return TurnRecord(
+            existing.id,
+            chat_id,
+            TurnState(existing.state),
+            is_new=False,
+            user_text=texts.get("user"),
+            reply_text=texts.get("assistant"),
+        )
 
     async def forget_turn(self, turn_id: int) -> None:
         """Drop a ledger entry that turned out not to be a turn (a group message not for us)."""
@@ -309,20 +355,24 @@ class HistoryStore:
 
     # --- inbox: raw updates kept until answered ----------------------------------------------
 
-    async def inbox_put(self, platform: str, items: list[tuple[str, str]]) -> int:
-        """Store (key, payload) updates not seen before, in one commit; returns how many were new."""
+    async def inbox_put(
+        self, platform: str, items: Sequence[tuple[str, str] | tuple[str, str, str | None]]
+    ) -> int:
+        """Store (key, payload[, chat key]) updates not seen before, in one commit; returns how
+        many were new."""
         if not items:
             return 0
+        rows = {item[0]: (item[1], item[2] if len(item) > 2 else None) for item in items}
         async with self._sessions() as session:
             known = set(
                 await session.scalars(
-                    select(InboxItem.key).where(
-                        InboxItem.platform == platform, InboxItem.key.in_([k for k, _ in items])
-                    )
+                    select(InboxItem.key).where(InboxItem.platform == platform, InboxItem.key.in_(list(rows)))
                 )
             )
-            fresh = [(k, p) for k, p in dict(items).items() if k not in known]
-            session.add_all(InboxItem(platform=platform, key=k, payload=p, done=False) for k, p in fresh)
+            fresh = [(k, p, c) for k, (p, c) in rows.items() if k not in known]
+            session.add_all(
+                InboxItem(platform=platform, key=k, payload=p, chat_key=c, done=False) for k, p, c in fresh
+            )
             try:
                 await session.commit()
             except IntegrityError:  # another worker stored some of them first
@@ -340,10 +390,38 @@ class HistoryStore:
             )
             return [(key, payload) for key, payload in rows]
 
+    async def inbox_pending_in_chat(self, platform: str, chat_key: str) -> list[tuple[str, str]]:
+        """(key, payload) of one chat's stored updates not yet handled, oldest first."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(InboxItem.key, InboxItem.payload)
+                .where(
+                    InboxItem.platform == platform, InboxItem.chat_key == chat_key, InboxItem.done.is_(False)
+                )
+                .order_by(InboxItem.id)
+            )
+            return [(key, payload) for key, payload in rows]
+
+    async def inbox_prune(self, platform: str, older_than: dt.timedelta) -> int:
+        """Delete handled updates received more than ``older_than`` ago; returns how many went."""
+        cutoff = dt.datetime.now(dt.UTC) - older_than
+        async with self._sessions() as session:
+            result = await session.execute(
+                delete(InboxItem).where(
+                    InboxItem.platform == platform, InboxItem.done.is_(True), InboxItem.received_at < cutoff
+                )
+            )
+            await session.commit()
+            return result.rowcount or 0
+
     async def inbox_done(self, platform: str, key: str) -> None:
+        """Mark an update handled and drop its payload: the message text is not kept in the
+        inbox once answered (``/reset`` must not leave it there); the key stays until pruned."""
         async with self._sessions() as session:
             await session.execute(
-                update(InboxItem).where(InboxItem.platform == platform, InboxItem.key == key).values(done=True)
+                update(InboxItem)
+                .where(InboxItem.platform == platform, InboxItem.key == key)
+                .values(done=True, payload="")
             )
             await session.commit()
 

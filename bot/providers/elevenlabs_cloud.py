@@ -42,7 +42,11 @@ class ElevenLabsTTS(TextToSpeech):
         self._settings = settings
         self._http = httpx.AsyncClient(timeout=settings.provider_timeout)
         kwargs = {"base_url": settings.elevenlabs_base_url} if settings.elevenlabs_base_url else {}
-        self._client = AsyncElevenLabs(api_key=key, httpx_client=self._http, **kwargs)
+        # The SDK passes its own timeout (240 s by default) with every request, overriding the
+        # client's: give it ours, or a hanging request holds the turn for four minutes.
+        self._client = AsyncElevenLabs(
+            api_key=key, httpx_client=self._http, timeout=settings.provider_timeout, **kwargs
+        )
         self._breaker = breaker or CircuitBreaker("voice")
 
     async def synthesize(self, text: str, voice: str | None = None) -> VoiceNote:

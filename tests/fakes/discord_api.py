@@ -270,6 +270,14 @@ class GatewaySession:
     seq: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    shard: tuple[int, int] | None = None  # [shard_id, num_shards] from IDENTIFY
+
+    def carries(self, guild_id: int | str | None) -> bool:
+        """Whether this session gets a server's events (DMs: shard 0), as Discord routes them."""
+        if self.shard is None:
+            return True
+        shard_id, count = self.shard
+        return shard_id == ((int(guild_id) >> 22) % count if guild_id is not None else 0)
 
     async def send(self, op: int, data: Any, event: str | None = None) -> None:
         payload: dict[str, Any] = {"op": op, "d": data, "s": None, "t": event}
@@ -300,6 +308,7 @@ class FakeDiscord(HttpFake):
         self.token = token
         self.message_content_allowed = message_content_allowed
         self.heartbeat_interval_ms = 41_250
+        self.recommended_shards = 1  # what GET /gateway/bot recommends (DISCORD_SHARDS=auto)
         self.bot = FakeUser(snowflake(), "voicebot", "Voicebot", bot=True)
         self.application_id = self.bot.id
         self.alice = FakeUser(snowflake(), "alice", "Alice")  # the server's owner
@@ -539,7 +548,7 @@ class FakeDiscord(HttpFake):
     async def dispatch(self, event: str, data: dict[str, Any]) -> None:
         """Send a DISPATCH event to every ready session."""
         for session in list(self.sessions):
-            if session.ready.is_set() and not session.ws.closed:
+            if session.ready.is_set() and not session.ws.closed and session.carries(data.get("guild_id")):
                 await session.send(0, data, event)
 
     async def stop(self) -> None:
@@ -582,6 +591,7 @@ class FakeDiscord(HttpFake):
         for method, path, handler in rest:
             self.route(method, API + path, handler, endpoint="rest")
         self.route("GET", "/gateway/", self._gateway, endpoint="gateway")
+        self.route("GET", "/gateway", self._gateway, endpoint="gateway")  # as GET /gateway/bot names it
         self.route("GET", "/gateway-resume/", self._gateway, endpoint="gateway")
         self.route("GET", "/attachments/{attachment_id}/{filename}", self._attachment, endpoint="cdn")
 
@@ -603,7 +613,8 @@ class FakeDiscord(HttpFake):
 
     async def _gateway_info(self, request: web.Request, recorded: RecordedRequest) -> web.Response:
         limit = {"total": 1000, "remaining": 999, "reset_after": 0, "max_concurrency": 1}
-        return json_response({"url": self.gateway_url.rstrip("/"), "shards": 1, "session_start_limit": limit})
+        return json_response({"url": self.gateway_url.rstrip("/"), "shards": self.recommended_shards,
+                              "session_start_limit": limit})
 
     async def _sync_commands(self, request: web.Request, recorded: RecordedRequest) -> web.Response:
         if not isinstance(recorded.json, list):
@@ -870,9 +881,12 @@ class FakeDiscord(HttpFake):
             await session.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
         session.session_id = secrets.token_hex(16)
+        if "shard" in data:
+            session.shard = (int(data["shard"][0]), int(data["shard"][1]))
+        guilds = [self.guild] if session.carries(self.guild.id) else []
         ready = {
             "v": 10, "user": {**self.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(self.guild.id), "unavailable": True}], "session_id": session.session_id,
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds], "session_id": session.session_id,
             "session_type": "normal", "resume_gateway_url": self.resume_gateway_url,
             "application": {"id": str(self.application_id), "flags": 1 << 19}, "private_channels": [],
             "relationships": [], "presences": [], "guild_join_requests": [], "geo_ordered_rtc_regions": [],
@@ -881,7 +895,8 @@ class FakeDiscord(HttpFake):
         if "shard" in data:
             ready["shard"] = data["shard"]
         await session.send(0, ready, "READY")
-        await session.send(0, self.guild.payload(), "GUILD_CREATE")
+        for guild in guilds:
+            await session.send(0, guild.payload(), "GUILD_CREATE")
         async with self._session_ready:
             session.ready.set()
             self._session_ready.notify_all()
@@ -892,6 +907,7 @@ class FakeDiscord(HttpFake):
             await session.send(9, False)
             return
         session.session_id, session.seq, session.intents = known.session_id, known.seq, known.intents
+        session.shard = known.shard
         await session.send(0, {"_trace": ["fake-discord"]}, "RESUMED")
         session.ready.set()
 

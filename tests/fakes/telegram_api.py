@@ -311,6 +311,9 @@ class FakeTelegram(HttpFake):
         self.webhook_url = ""
         self.webhook_secret: str | None = None
         self.webhook_posts: list[tuple[int, int | None]] = []  # (update_id, status or None)
+        #: Open a new connection for every webhook post (Telegram uses many connections), so
+        #: several processes sharing the port (SO_REUSEPORT) each get some of the updates.
+        self.webhook_new_connection_each = False
         self.confirmed_offset = 0
         self.allowed_updates: list[str] = []
         self._state = threading.Lock()
@@ -693,7 +696,8 @@ class FakeTelegram(HttpFake):
 
     async def _push_to_webhook(self) -> None:
         """Deliver pending updates one by one to the webhook, again until it answers 200."""
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(force_close=self.webhook_new_connection_each)
+        async with aiohttp.ClientSession(connector=connector) as session:
             while self.webhook_url and self._closing is not None and not self._closing.is_set():
                 with self._state:
                     update = next((u for u in self._updates if self._allowed(u)), None)

@@ -1,0 +1,138 @@
+"""How the Telegram adapter talks HTTP: python-telegram-bot's ``BaseRequest`` on aiohttp.
+
+PTB's own ``HTTPXRequest`` costs about 1.5 ms of CPU and 4 ms of wall time per Bot API call on
+the 2-core benchmark machine (httpx -> httpcore -> anyio cancel scopes and h11), and its
+connection pool re-checks every idle connection (a socket poll each) twice per request, so the
+cost grows with the number of connections. A voice-note turn makes eight Bot API calls, five
+of them one after the other (fetch the update, get the file, download it, final text, voice
+note), and that was a third of the bot's CPU per turn. The same calls on aiohttp (a
+dependency already, for the webhook) cost 0.5 ms of CPU and 1.6 ms of wall time
+(bench/bench_turn.py and docs/benchmarks.md have the figures).
+
+Behaviour follows ``HTTPXRequest``: the same default timeouts and pool size, the proxy from
+``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (minus ``NO_PROXY``) used, certificates checked
+against certifi's bundle, timeouts raised as ``TimedOut`` and connection failures as
+``NetworkError``. The one difference: aiohttp has no separate write timeout, so a request's
+whole time is bounded by the sum of its timeouts. (aiohttp's own ``trust_env`` would look the
+proxy and ``.netrc`` up in a worker thread on every request: two thread hops a call.)
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from typing import Any
+
+import aiohttp
+from telegram._utils.defaultvalue import DefaultValue
+from telegram.error import NetworkError, TimedOut
+from telegram.request import BaseRequest, RequestData
+
+__all__ = ["AiohttpRequest"]
+
+
+def _ssl_context() -> ssl.SSLContext:
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - httpx, a dependency, brings certifi
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+class AiohttpRequest(BaseRequest):
+    """A ``BaseRequest`` on one ``aiohttp.ClientSession``, created by :meth:`initialize`."""
+
+    __slots__ = ("_connect", "_media_write", "_pool", "_pool_size", "_proxies", "_read", "_session", "_write")
+
+    def __init__(
+        self,
+        connection_pool_size: int = 256,
+        read_timeout: float | None = 5.0,
+        write_timeout: float | None = 5.0,
+        connect_timeout: float | None = 5.0,
+        pool_timeout: float | None = 1.0,
+        media_write_timeout: float | None = 20.0,
+    ) -> None:
+        self._pool_size = connection_pool_size
+        self._read, self._write, self._connect, self._pool = read_timeout, write_timeout, connect_timeout, pool_timeout
+        self._media_write = media_write_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def read_timeout(self) -> float | None:
+        return self._read
+
+    async def initialize(self) -> None:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._pool_size, ssl=_ssl_context())
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._proxies.clear()
+
+    async def shutdown(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+    def _proxy(self, url: str) -> str | None:
+        """The environment's proxy for ``url``'s scheme and host, looked up once per host."""
+        scheme, _, rest = url.partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0]
+        key = (scheme, host)
+        if key not in self._proxies:
+            proxies = urllib.request.getproxies_environment()
+            proxy = proxies.get(scheme) or proxies.get("all")
+            self._proxies[key] = None if proxy is None or urllib.request.proxy_bypass_environment(host) else proxy
+        return self._proxies[key]
+
+    def _timeout(self, files: bool, read: Any, write: Any, connect: Any, pool: Any) -> aiohttp.ClientTimeout:
+        def chosen(value: Any, default: float | None) -> float | None:
+            return default if isinstance(value, DefaultValue) else value
+
+        read = chosen(read, self._read)
+        write = chosen(write, self._media_write if files else self._write)
+        connect = chosen(connect, self._connect)
+        pool = chosen(pool, self._pool)
+        parts = (read, write, connect, pool)
+        total = None if any(part is None for part in parts) else sum(parts)  # type: ignore[arg-type]
+        waiting = None if connect is None or pool is None else connect + pool
+        return aiohttp.ClientTimeout(total=total, connect=waiting, sock_connect=connect, sock_read=read)
+
+    @staticmethod
+    def _body(request_data: RequestData | None) -> Any:
+        if request_data is None:
+            return None
+        fields = request_data.json_parameters
+        files = request_data.multipart_data
+        if not files:
+            return fields
+        form = aiohttp.FormData()
+        for name, value in fields.items():
+            form.add_field(name, value)
+        for name, (filename, content, mimetype) in files.items():
+            form.add_field(name, content, filename=filename, content_type=mimetype)
+        return form
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: Any = BaseRequest.DEFAULT_NONE,
+        write_timeout: Any = BaseRequest.DEFAULT_NONE,
+        connect_timeout: Any = BaseRequest.DEFAULT_NONE,
+        pool_timeout: Any = BaseRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        if self._session is None or self._session.closed:
+            raise RuntimeError("This AiohttpRequest is not initialized!")
+        files = bool(request_data is not None and request_data.multipart_data)
+        timeout = self._timeout(files, read_timeout, write_timeout, connect_timeout, pool_timeout)
+        try:
+            async with self._session.request(
+                method, url, data=self._body(request_data), headers={"User-Agent": self.USER_AGENT},
+                timeout=timeout, proxy=self._proxy(url),
+            ) as response:
+                return response.status, await response.read()
+        except TimeoutError as error:  # asyncio.TimeoutError is TimeoutError on Python 3.11
+            raise TimedOut from error
+        except (aiohttp.ClientError, OSError) as error:
+            raise NetworkError(f"aiohttp.{type(error).__name__}: {error}") from error
