@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where results go: bench/results/, or ``BENCH_RESULTS`` (the smoke test points it elsewhere).
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def write_result(name: str, figures: dict[str, Any]) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"bench": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.node(), **figures}
     path.write_text(json.dumps(payload, indent=2))

@@ -1,0 +1,171 @@
+"""What the building blocks of a turn cost the bot in CPU: one Bot API call, one database
+transaction, one provider call, measured one at a time in this process (the fakes run in others).
+
+A voice-note turn is made of a fixed number of them (eight Bot API calls, seven transactions,
+three provider calls), so their sum is a floor under the bot's CPU per turn, and
+``1000 / floor`` a ceiling on turns per second per core whatever the glue code does. Bot API
+calls are measured with PTB's stock HTTPXRequest and with the adapter's AiohttpRequest.
+
+    .venv/bin/python bench/bench_units.py [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
+from telegram import Bot  # noqa: E402
+from telegram.request import HTTPXRequest  # noqa: E402
+
+from adapters.telegram_http import AiohttpRequest  # noqa: E402
+from bench.harness import REPLY, ROOT, Latencies, LoadWatch, ProviderFakes, machine  # noqa: E402
+from bench.report import print_table, write_result  # noqa: E402
+from bot.config import Settings  # noqa: E402
+from bot.messages import Audio  # noqa: E402
+from bot.providers.elevenlabs_cloud import ElevenLabsTTS  # noqa: E402
+from bot.providers.groq_cloud import GroqWhisperSTT  # noqa: E402
+from bot.providers.registry import build_llm  # noqa: E402
+from bot.text import to_spoken_text  # noqa: E402
+from storage.store import HistoryStore, TurnState  # noqa: E402
+
+async def cpu_ms(rounds: int, op: Callable[[], Awaitable[object]]) -> float:
+    for _ in range(max(5, rounds // 10)):
+        await op()
+    start = time.process_time()
+    for _ in range(rounds):
+        await op()
+    return (time.process_time() - start) * 1000 / rounds
+
+
+async def telegram_costs(rounds: int, info: dict) -> dict[str, dict[str, float]]:
+    costs: dict[str, dict[str, float]] = {}
+    voice = b"OggS" + bytes(55_000)
+    for name, request in (("httpx (PTB default)", HTTPXRequest()), ("aiohttp (adapter)", AiohttpRequest())):
+        bot = Bot(info["token"], base_url=info["api"], base_file_url=info["files"], request=request)
+        await bot.initialize()
+        chat = info["chat"]
+
+        async def download() -> None:
+            file = await bot.get_file(info["file_id"])
+            await file.download_as_bytearray()
+
+        costs[name] = {
+            "sendChatAction": await cpu_ms(rounds, lambda: bot.send_chat_action(chat, "typing")),
+            "sendMessage": await cpu_ms(rounds, lambda: bot.send_message(chat, REPLY)),
+            "getFile + download": await cpu_ms(rounds, download),
+            "sendVoice (55 kB)": await cpu_ms(rounds // 2, lambda: bot.send_voice(chat, voice, duration=7)),
+        }
+        await bot.shutdown()
+    return costs
+
+
+async def db_costs(rounds: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as folder:
+        store = HistoryStore.from_url(f"sqlite+aiosqlite:///{folder}/units.db")
+        await store.migrate()
+        chat = await store.chat_id("telegram", "1")
+        counter = iter(range(10**9))
+        for i in range(60):  # a chat with some history
+            record = await store.begin_turn(chat, f"h{i}", "u")
+            await store.add_message(chat, "user" if i % 2 == 0 else "assistant", REPLY, turn_id=record.id)
+        turn = [0]
+
+        async def begin() -> None:
+            record, _ = await store.begin_turn_with_settings(chat, str(next(counter)), "u")
+            turn[0] = record.id
+
+        costs = {
+            "inbox put": await cpu_ms(rounds, lambda: store.inbox_put("telegram", [(str(next(counter)), "{}")])),
+            "ledger + settings": await cpu_ms(rounds, begin),
+            "add message": await cpu_ms(rounds, lambda: store.add_message(chat, "user", "hello", turn_id=turn[0])),
+            "history (200 rows max)": await cpu_ms(rounds, lambda: store.recent_messages(chat, 200, exclude_turn=turn[0])),
+            "reply + state": await cpu_ms(rounds, lambda: store.add_message(
+                chat, "assistant", REPLY, turn_id=turn[0], turn_state=TurnState.REPLIED)),
+            "finish turn": await cpu_ms(rounds, lambda: store.finish_turn(turn[0], "telegram", "u", tokens=5)),
+            "inbox done": await cpu_ms(rounds, lambda: store.inbox_done("telegram", "1")),
+        }
+        await store.aclose()
+    return costs
+
+
+async def provider_costs(rounds: int, providers: ProviderFakes, note: bytes) -> dict[str, float]:
+    settings = Settings(_env_file=None, groq_api_key="gsk_bench", groq_base_url=providers.urls["groq"],
+                        elevenlabs_api_key="el_bench", elevenlabs_base_url=providers.urls["elevenlabs"])
+    closers: list = []
+    llm = build_llm("groq", settings, closers)
+    stt, tts = GroqWhisperSTT(settings), ElevenLabsTTS(settings)
+    history = [SystemMessage("You are Voicebot, a friendly voice assistant.")]
+    history += [HumanMessage(REPLY) if i % 2 == 0 else AIMessage(REPLY) for i in range(40)] + [HumanMessage("q")]
+
+    async def stream() -> None:
+        async for _ in llm.astream(history):
+            pass
+
+    spoken = to_spoken_text(REPLY, 1500)
+    costs = {
+        "Groq Whisper call": await cpu_ms(rounds, lambda: stt.transcribe(Audio(data=note))),
+        "Groq chat stream (20 tokens)": await cpu_ms(rounds, stream),
+        "ElevenLabs call": await cpu_ms(rounds, lambda: tts.synthesize(spoken)),
+    }
+    await stt.aclose()
+    await tts.aclose()
+    for close in closers:
+        await close()
+    return costs
+
+
+async def run(rounds: int) -> dict:
+    from tests.fakes import audio_samples
+
+    watch = LoadWatch()
+    server = subprocess.Popen([sys.executable, "-m", "bench.harness", "telegram"], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        info = json.loads(server.stdout.readline())
+        telegram = await telegram_costs(rounds, info)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(10)
+    db = await db_costs(rounds)
+    with ProviderFakes(Latencies.zero()) as providers:
+        provider = await provider_costs(rounds // 2, providers, audio_samples.beeps_ogg(3.0, seed=5))
+    floors = {}
+    for name, calls in telegram.items():
+        api = (calls["sendChatAction"] * 3 + calls["sendMessage"] * 3 + calls["getFile + download"]
+               + calls["sendVoice (55 kB)"])
+        floors[name] = round(api + sum(db.values()) + sum(provider.values()), 2)
+    return {"rounds": rounds, "host": machine(), **watch.result(), "telegram_cpu_ms": telegram,
+            "db_cpu_ms": db, "provider_cpu_ms": provider, "voice_turn_floor_cpu_ms": floors}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args.rounds))
+    write_result("units", result)
+    rows = []
+    for client, calls in result["telegram_cpu_ms"].items():
+        rows.append((f"Bot API, {client}", "  ".join(f"{k} {v:.2f}" for k, v in calls.items())))
+    rows.append(("DB transaction (SQLite)", "  ".join(f"{k} {v:.2f}" for k, v in result["db_cpu_ms"].items())))
+    rows.append(("providers", "  ".join(f"{k} {v:.2f}" for k, v in result["provider_cpu_ms"].items())))
+    for client, floor in result["voice_turn_floor_cpu_ms"].items():
+        rows.append((f"voice turn floor, {client}", f"{floor:.1f} ms CPU -> at most {1000 / floor:.0f} turns/s per core"))
+    print_table(f"CPU ms per building block, client side (load {result['load_start']})", rows)
+    return result
+
+
+if __name__ == "__main__":
+    main()
