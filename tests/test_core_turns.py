@@ -5,46 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import av
 import pytest
 
-from bot.config import Settings
 from bot.messages import Audio, ChatKind, IncomingMessage, ReplyKind
 from bot.pipeline import Outcome
-from bot.runtime import VoiceBot
 from bot.sink import SilentSink
 from tests.fakes.audio_samples import silence_ogg, tone_ogg
 from tests.fakes.did import FakeDID
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.groq import FakeGroq
-
-BotFactory = Callable[..., "asyncio.Future[VoiceBot]"]
-
-
-@pytest.fixture
-async def make_bot(
-    fake_env: dict[str, str], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Callable[..., object]]:
-    for name, value in fake_env.items():
-        monkeypatch.setenv(name, value)
-    bots: list[VoiceBot] = []
-
-    async def factory(**overrides: object) -> VoiceBot:
-        values: dict[str, object] = {
-            "database_url": db_url, "provider_retries": 2, "provider_timeout": 5.0,
-            "rate_limit_messages": 1000, "avatar_provider": "none",
-        }
-        values.update(overrides)
-        bot = await VoiceBot.create(Settings(**values))  # type: ignore[arg-type]
-        bots.append(bot)
-        return bot
-
-    yield factory
-    for bot in bots:
-        await bot.aclose()
-
 
 _ids = iter(range(1, 1_000_000))
 

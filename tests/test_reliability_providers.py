@@ -14,12 +14,11 @@ import asyncio
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from bot.config import Settings
 from bot.messages import Audio, IncomingMessage, ReplyKind
 from bot.pipeline import Outcome
 from bot.retry import call_with_retries
@@ -64,26 +63,9 @@ def _quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def make_bot(
-    fake_env: dict[str, str], db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Callable[..., Any]]:
-    for name, value in fake_env.items():
-        monkeypatch.setenv(name, value)
-    bots: list[VoiceBot] = []
-
-    async def factory(**overrides: Any) -> VoiceBot:
-        values: dict[str, Any] = {
-            "database_url": db_url, "provider_retries": 2, "provider_timeout": 2.0,
-            "rate_limit_messages": 1000, "avatar_provider": "none",
-        }
-        values.update(overrides)
-        bot = await VoiceBot.create(Settings(**values))
-        bots.append(bot)
-        return bot
-
-    yield factory
-    for bot in bots:
-        await bot.aclose()
+def bot_defaults() -> dict[str, Any]:
+    """Shorter provider timeouts than the core tests: hangs are injected on purpose here."""
+    return {"provider_retries": 2, "provider_timeout": 2.0, "rate_limit_messages": 1000, "avatar_provider": "none"}
 
 
 _ids = iter(range(1, 1_000_000))
