@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
                         ["--text-only", "--chats", "3", "--seconds", "1", "--warmup", "0.5"], ["throughput-text"]),
     "memory": ("bench_memory.py", [], ["--chats", "6", "--wave", "3", "--warmup", "2"], ["memory"]),
     "context": ("bench_context.py", [], ["--messages", "2000", "--chats", "20", "--samples", "50"], ["context"]),
+    "units": ("bench_units.py", [], ["--rounds", "10"], ["units"]),
     "offline": ("bench_offline.py", ["--quiet"], ["--quiet", "--runs", "1"], ["offline"]),
 }
 
@@ -108,6 +109,10 @@ def rows_for(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, st
     if r := results.get("context"):
         add(f"context load p99 ({r['messages']:,} msgs)", f"{r['p99_ms']:.2f} ms (p50 {r['p50_ms']:.2f})",
             f"<= {r['goal_p99_ms']:g} ms", r["p99_ms"] <= r["goal_p99_ms"], r)
+    if r := results.get("units"):
+        for client, floor in r["voice_turn_floor_cpu_ms"].items():
+            add(f"CPU floor of a voice turn, Bot API on {client.split()[0]}",
+                f"{floor:.1f} ms (building blocks only; <= {1000 / floor:.0f} turns/s per core)", "", None, r)
     if r := results.get("offline"):
         p50 = r["p50_seconds"]
         stages = " ".join(f"{k}={p50[k]:.2f}" for k in ("stt", "llm", "tts") if k in p50)

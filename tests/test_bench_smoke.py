@@ -55,6 +55,7 @@ def test_every_bench_script_runs_a_few_iterations_and_the_table_is_built(tmp_pat
     assert results["throughput"]["turns"] > 0 and results["throughput-text"]["turns"] > 0
     assert results["memory"]["idle_rss_mb"] > 0
     assert results["context"]["samples"] == 50
+    assert set(results["units"]["voice_turn_floor_cpu_ms"]) == {"httpx (PTB default)", "aiohttp (adapter)"}
 
     rows = run_all.rows_for(results)
     figures = [row[0].strip() for row in rows]
