@@ -25,30 +25,16 @@ from adapters.telegram_ratelimiter import ChatRateLimiter
 from tests.fakes import audio_samples
 from tests.fakes.did import FakeDID
 from tests.fakes.groq import FakeGroq
-from tests.fakes.http_fake import HttpFake
+from tests.fakes.http_fake import counting_faults
 from tests.fakes.telegram_api import FakeChat, FakeTelegram
 from tests.fakes.telegram_plugin import RunningTelegramBot, StartBot
 
 pytestmark = pytest.mark.timeout(60)
 
-FAULTS: Counter[str] = Counter()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _count_faults() -> Iterator[None]:
-    """Counts every fault a fake served, for the closing figures (shown with ``-s``)."""
-    original = HttpFake._take_fault
-
-    def counting(self: HttpFake, method: str, path: str) -> Any:
-        fault = original(self, method, path)
-        if fault is not None:
-            FAULTS[type(self).__name__] += 1
-        return fault
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(HttpFake, "_take_fault", counting)
+    with counting_faults("platform"):
         yield
-    print(f"\n[reliability] platform faults injected: {sum(FAULTS.values())} {dict(FAULTS)}")
 
 
 async def settled(bot: RunningTelegramBot, fake: FakeTelegram, timeout: float = 15.0) -> None:

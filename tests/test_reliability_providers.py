@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,31 +27,17 @@ from tests.fakes.audio_samples import tone_ogg
 from tests.fakes.did import FakeDID
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.groq import FakeGroq
-from tests.fakes.http_fake import HttpFake
+from tests.fakes.http_fake import counting_faults
 from tests.fakes.telegram_api import FakeTelegram
 from tests.fakes.telegram_plugin import StartBot
 
 pytestmark = pytest.mark.timeout(60)
 
 GENERIC = "Sorry, something went wrong. Please try again."
-FAULTS: Counter[str] = Counter()
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _count_faults() -> Iterator[None]:
-    """Counts every fault a fake served, for the closing figures (shown with ``-s``)."""
-    original = HttpFake._take_fault
-
-    def counting(self: HttpFake, method: str, path: str) -> Any:
-        fault = original(self, method, path)
-        if fault is not None:
-            FAULTS[type(self).__name__] += 1
-        return fault
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(HttpFake, "_take_fault", counting)
+    with counting_faults("provider"):
         yield
-    print(f"\n[reliability] provider faults injected: {sum(FAULTS.values())} {dict(FAULTS)}")
 
 
 @pytest.fixture(autouse=True)

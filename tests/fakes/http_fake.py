@@ -19,7 +19,8 @@ import email.message
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Self
 from urllib.parse import parse_qsl
@@ -526,3 +527,24 @@ def sse(events: Iterable[Any]) -> list[bytes]:
     out = [f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode() for event in events]
     out.append(b"data: [DONE]\n\n")
     return out
+
+
+@contextlib.contextmanager
+def counting_faults(label: str) -> Iterator[Counter[str]]:
+    """Count every fault any fake serves while inside, per fake class; print the total after
+    (the reliability suites' figures, shown with ``pytest -s``)."""
+    served: Counter[str] = Counter()
+    original = HttpFake._take_fault
+
+    def counting(self: HttpFake, method: str, path: str) -> Fault | None:
+        fault = original(self, method, path)
+        if fault is not None:
+            served[type(self).__name__] += 1
+        return fault
+
+    HttpFake._take_fault = counting  # type: ignore[method-assign]
+    try:
+        yield served
+    finally:
+        HttpFake._take_fault = original  # type: ignore[method-assign]
+        print(f"\n[reliability] {label} faults injected: {sum(served.values())} {dict(served)}")
