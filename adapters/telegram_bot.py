@@ -428,7 +428,7 @@ def build_application(settings: Settings, token: str) -> Application:
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
         .rate_limiter(ChatRateLimiter(overall_per_second=settings.telegram_max_messages_per_second))
-        .concurrent_updates(ChatOrderedProcessor())
+        .concurrent_updates(ChatOrderedProcessor(settings.telegram_max_concurrent_turns))
         .updater(None)
         .request(AiohttpRequest(read_timeout=15.0))
         .get_updates_request(AiohttpRequest(connection_pool_size=1))

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Bot API calls per second the bot allows itself across all chats (Telegram's limit is about
     # 30 messages a second per bot); 0 = no overall pacing (a raised limit, or a benchmark).
     telegram_max_messages_per_second: float = Field(default=30.0, ge=0)
+    # Updates answered at the same time (each chat's in order); a turn mostly waits on
+    # providers, so this bounds memory and provider load, not CPU.
+    telegram_max_concurrent_turns: int = Field(default=512, ge=1)
     discord_bot_token: SecretStr | None = None
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"

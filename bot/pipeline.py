@@ -46,7 +46,7 @@ from bot.retry import CircuitBreaker, call_with_retries
 from bot.sink import ReplySink
 from bot.text import clean_input, to_spoken_text
 from bot.trigger import addresses_bot
-from storage.store import ChatSettings, HistoryStore, TurnRecord, TurnState
+from storage.store import ChatSettings, HistoryStore, StoredMessage, TurnRecord, TurnState
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class TurnContext:
     language: str | None = None
     audio_seconds: float = 0.0
     user_stored: bool = False
+    history: list[StoredMessage] | None = None  # the context, read as the user's message was stored
     limited: bool = False  # rate and daily budgets checked (once per turn)
     voice_allowed: bool = True  # False once the user's daily voice budget is used
     reply_text: str | None = None
@@ -324,7 +325,8 @@ class TurnPipeline:
         if turn.user_stored:
             return
         assert turn.user_text is not None and turn.record is not None
-        await self.store.add_message(
+        # One transaction stores what the user said and reads the context the LLM will see.
+        turn.history = await self.store.add_message(
             turn.chat_id,
             "user",
             turn.user_text,
@@ -333,6 +335,7 @@ class TurnPipeline:
             from_voice=turn.from_voice,
             language=turn.language,
             user_name=turn.message.user_name,
+            then_recent=HISTORY_ROWS,
         )
         turn.user_stored = True
 
@@ -341,7 +344,9 @@ class TurnPipeline:
             return  # answered before a crash; deliver that answer
         assert turn.chat is not None and turn.record is not None and turn.user_text is not None
         await turn.sink.stage(Stage.THINKING)
-        history = await self.store.recent_messages(turn.chat_id, HISTORY_ROWS, exclude_turn=turn.record.id)
+        history = turn.history
+        if history is None:  # resuming a turn whose message was stored before a crash
+            history = await self.store.recent_messages(turn.chat_id, HISTORY_ROWS, exclude_turn=turn.record.id)
         messages = build_messages(
             turn.chat.persona or self.settings.resolved_system_prompt,
             history,

@@ -1,25 +1,49 @@
-"""The history store: chats, their settings, the turn ledger and usage, over async SQLAlchemy.
+"""The history store: chats, their settings, the turn ledger and usage.
 
-SQLite (aiosqlite, WAL) by default, PostgreSQL (asyncpg) by URL. Every method is one short
-transaction, committed before it returns, so what a user said is on disk before the LLM is
-asked and a crash loses nothing that was acknowledged.
+SQLite (WAL) by default, PostgreSQL (asyncpg) by URL. Every method is one short transaction,
+committed before it returns, so what a user said is on disk before the LLM is asked and a
+crash loses nothing that was acknowledged.
+
+Each method is written once, as a synchronous function of one SQLAlchemy ``Connection``
+(the ``_q_*`` functions below), and run as a whole transaction by the database's runner:
+
+- SQLite: in one dedicated thread with the plain ``sqlite3`` driver, so a transaction costs
+  one hop to that thread and back. aiosqlite hops to its thread for every cursor call
+  (execute, fetch, commit: four to eight per transaction, each a thread wake-up and a GIL
+  hand-over), which made storage the biggest share of a turn's CPU (docs/benchmarks.md).
+  One thread also keeps SQLite's single writer in order instead of failing "database is
+  locked".
+- PostgreSQL: ``AsyncConnection.run_sync`` on asyncpg, which runs the same function on the
+  event loop, awaiting the driver under it; the pool is bounded and pre-pinged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, event, func, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from storage.models import Chat, InboxItem, Message, Turn, TurnState, Usage
+
+T = TypeVar("T")
+
+CHATS = Chat.__table__
+TURNS = Turn.__table__
+MESSAGES = Message.__table__
+USAGE = Usage.__table__
+INBOX = InboxItem.__table__
 
 
 def normalize_url(url: str) -> str:
@@ -97,12 +121,163 @@ _SETTING_FIELDS = frozenset(
 )
 
 
-class HistoryStore:
-    """Chats, history and ledger for one database URL."""
+# --- the runners: one transaction function, run where its driver wants it -------------------
+
+
+class _SQLiteThread:
+    """Runs each transaction in one dedicated thread on one ``sqlite3`` connection."""
+
+    def __init__(self, url: str) -> None:
+        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+        self.engine: Engine = create_engine(
+            sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30}
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voicebot-sqlite")
+        self._closed = False
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as connection:
+            return work(connection)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, work)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.dispose)
+        self._executor.shutdown(wait=False)
+
+
+class _AsyncDriver:
+    """Runs each transaction with ``run_sync`` on an async engine (asyncpg)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(work)
+
+    async def aclose(self) -> None:
+        return None  # the store disposes of the engine
+
+
+# --- the transactions ------------------------------------------------------------------------
+
+
+def _insert(connection: Connection, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    return (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+_SELECT_CHAT_ID = select(CHATS.c.id).where(
+    CHATS.c.platform == bindparam("platform"), CHATS.c.chat_key == bindparam("chat_key")
+)
+_SELECT_SETTINGS = select(
+    CHATS.c.voice_enabled, CHATS.c.speaker, CHATS.c.persona, CHATS.c.video_enabled,
+    CHATS.c.transcript_enabled, CHATS.c.extra,
+).where(CHATS.c.id == bindparam("chat_id"))
+_INSERT_MESSAGE = MESSAGES.insert()
+_SET_TURN_STATE = update(TURNS).where(TURNS.c.id == bindparam("turn_id")).values(state=bindparam("state"))
+_SELECT_RECENT = (
+    select(MESSAGES.c.role, MESSAGES.c.content, MESSAGES.c.tokens, MESSAGES.c.user_name)
+    .where(MESSAGES.c.chat_id == bindparam("chat_id"))
+    .order_by(MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
+_SELECT_RECENT_EXCLUDING = _SELECT_RECENT.where(
+    or_(MESSAGES.c.turn_id.is_(None), MESSAGES.c.turn_id != bindparam("exclude_turn"))
+)
+
+
+def _q_chat_id(connection: Connection, platform: str, chat_key: str) -> int:
+    key = {"platform": platform, "chat_key": chat_key}
+    found = connection.execute(_SELECT_CHAT_ID, key).scalar()
+    if found is None:  # first sight; another worker may be creating it at the same moment
+        connection.execute(
+            _insert(connection, CHATS).values(platform=platform, chat_key=chat_key, extra={})
+            .on_conflict_do_nothing(index_elements=[CHATS.c.platform, CHATS.c.chat_key])
+        )
+        found = connection.execute(_SELECT_CHAT_ID, key).scalar()
+    assert found is not None
+    return int(found)
+
+
+def _q_chat_settings(connection: Connection, chat_id: int) -> ChatSettings:
+    row = connection.execute(_SELECT_SETTINGS, {"chat_id": chat_id}).one_or_none()
+    assert row is not None, f"unknown chat {chat_id}"
+    voice, speaker, persona, video, transcript, extra = row
+    return ChatSettings(chat_id, voice, speaker, persona, video, transcript, dict(extra or {}))
+
+
+def _q_begin_turn(connection: Connection, chat_id: int, message_id: str, user_key: str) -> TurnRecord:
+    new_id = connection.execute(
+        _insert(connection, TURNS)
+        .values(chat_id=chat_id, message_id=message_id, user_key=user_key, state=TurnState.RECEIVED.value)
+        .on_conflict_do_nothing(index_elements=[TURNS.c.chat_id, TURNS.c.message_id])
+        .returning(TURNS.c.id)
+    ).scalar()
+    if new_id is not None:
+        return TurnRecord(int(new_id), chat_id, TurnState.RECEIVED, is_new=True)
+    turn_id, state = connection.execute(
+        select(TURNS.c.id, TURNS.c.state).where(TURNS.c.chat_id == chat_id, TURNS.c.message_id == message_id)
+    ).one()
+    texts = dict(
+        connection.execute(select(MESSAGES.c.role, MESSAGES.c.content).where(MESSAGES.c.turn_id == turn_id)).all()
+    )
+    return TurnRecord(
+        int(turn_id), chat_id, TurnState(state), is_new=False,
+        user_text=texts.get("user"), reply_text=texts.get("assistant"),
+    )
+
+
+def _q_add_message(connection: Connection, values: dict[str, Any], turn_state: TurnState | None) -> None:
+    connection.execute(_INSERT_MESSAGE, values)
+    if values["turn_id"] is not None and turn_state is not None:
+        connection.execute(_SET_TURN_STATE, {"turn_id": values["turn_id"], "state": turn_state.value})
+
+
+def _q_recent(connection: Connection, chat_id: int, limit: int, exclude_turn: int | None) -> list[StoredMessage]:
+    if exclude_turn is None:
+        rows = connection.execute(_SELECT_RECENT, {"chat_id": chat_id, "limit": limit}).all()
+    else:
+        rows = connection.execute(
+            _SELECT_RECENT_EXCLUDING, {"chat_id": chat_id, "limit": limit, "exclude_turn": exclude_turn}
+        ).all()
+    return [StoredMessage(role, content, tokens, name) for role, content, tokens, name in reversed(rows)]
+
+
+def _usage_upsert(connection: Connection, platform: str, user_key: str, day: dt.date | None, **values: float) -> Any:
+    day = day or dt.datetime.now(dt.UTC).date()
+    values = {name: values.get(name, 0) for name in ("turns", "audio_seconds", "tokens", "tts_chars")}
+    stmt = _insert(connection, USAGE).values(platform=platform, user_key=user_key, day=day, **values)
+    return stmt.on_conflict_do_update(
+        index_elements=[USAGE.c.platform, USAGE.c.user_key, USAGE.c.day],
+        set_={name: USAGE.c[name] + stmt.excluded[name] for name in values},
+    )
+
+
+def _q_inbox_put(connection: Connection, platform: str, rows: list[dict[str, Any]]) -> int:
+    stmt = (
+        _insert(connection, INBOX)
+        .on_conflict_do_nothing(index_elements=[INBOX.c.platform, INBOX.c.key])
+        .returning(INBOX.c.key)
+    )
+    return len(connection.execute(stmt, rows).all())
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class HistoryStore:
+    """Chats, history and ledger for one database URL."""
+
+    def __init__(self, engine: AsyncEngine, runner: _SQLiteThread | _AsyncDriver | None = None) -> None:
+        self.engine = engine  # migrations, admin and tests; the store's own work goes to the runner
+        self._runner = runner or _AsyncDriver(engine)
         self._chat_ids: dict[tuple[str, str], int] = {}
 
     @classmethod
@@ -118,25 +293,23 @@ class HistoryStore:
         """A store on ``url``. PostgreSQL gets a bounded pool: ``pool_size`` connections kept,
         up to ``max_overflow`` (default: ``pool_size``) more under load, then callers wait up to
         ``pool_timeout`` seconds. Every checkout is pinged first, so a connection the server
-        dropped (a restart, ``pg_terminate_backend``, an idle timeout) is replaced, not used."""
+        dropped (a restart, ``pg_terminate_backend``, an idle timeout) is replaced, not used.
+        SQLite gets its dedicated thread (module docstring)."""
         url = normalize_url(url)
-        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             _prepare_sqlite_file(url)
-            # SQLite has one writer at a time; one connection (aiosqlite runs it in its own
-            # thread) queues writes in order instead of failing with "database is locked".
-            kwargs.update(pool_size=1, max_overflow=0, pool_timeout=120)
-        else:
-            kwargs.update(
-                pool_size=pool_size,
-                max_overflow=pool_size if max_overflow is None else max_overflow,
-                pool_timeout=pool_timeout,
-                pool_recycle=pool_recycle,
-                pool_pre_ping=True,
-            )
-        engine = create_async_engine(url, **kwargs)
-        if url.startswith("sqlite"):
+            # The async engine only migrates (and lets tests look); one connection is plenty.
+            engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=120)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            return cls(engine, _SQLiteThread(url))
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size if max_overflow is None else max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=pool_recycle,
+            pool_pre_ping=True,
+        )
         return cls(engine)
 
     def sibling_engine(self, *, pool_size: int, max_overflow: int, pool_timeout: float = 30.0) -> AsyncEngine:
@@ -159,6 +332,7 @@ class HistoryStore:
         await upgrade(self.engine)
 
     async def aclose(self) -> None:
+        await self._runner.aclose()
         await self.engine.dispose()
 
     # --- chats -------------------------------------------------------------------------------
@@ -169,50 +343,18 @@ class HistoryStore:
         cached = self._chat_ids.get(key)
         if cached is not None:
             return cached
-        async with self._sessions() as session:
-            found = await session.scalar(
-                select(Chat.id).where(Chat.platform == platform, Chat.chat_key == chat_key)
-            )
-            if found is None:
-                chat = Chat(platform=platform, chat_key=chat_key, extra={})
-                session.add(chat)
-                try:
-                    await session.commit()
-                    found = chat.id
-                except IntegrityError:  # another worker created it first
-                    await session.rollback()
-                    found = await session.scalar(
-                        select(Chat.id).where(Chat.platform == platform, Chat.chat_key == chat_key)
-                    )
-        assert found is not None
+        found = await self._runner.run(lambda c: _q_chat_id(c, platform, chat_key))
         self._chat_ids[key] = found
         return found
 
     async def chat_settings(self, chat_id: int) -> ChatSettings:
-        async with self._sessions() as session:
-            return await self._chat_settings(session, chat_id)
-
-    @staticmethod
-    async def _chat_settings(session: AsyncSession, chat_id: int) -> ChatSettings:
-        chat = await session.get(Chat, chat_id)
-        assert chat is not None, f"unknown chat {chat_id}"
-        return ChatSettings(
-            chat_id=chat.id,
-            voice_enabled=chat.voice_enabled,
-            speaker=chat.speaker,
-            persona=chat.persona,
-            video_enabled=chat.video_enabled,
-            transcript_enabled=chat.transcript_enabled,
-            extra=dict(chat.extra or {}),
-        )
+        return await self._runner.run(lambda c: _q_chat_settings(c, chat_id))
 
     async def update_chat_settings(self, chat_id: int, **values: Any) -> None:
         unknown = set(values) - _SETTING_FIELDS
         if unknown:
             raise ValueError(f"not chat settings: {sorted(unknown)}")
-        async with self._sessions() as session:
-            await session.execute(update(Chat).where(Chat.id == chat_id).values(**values))
-            await session.commit()
+        await self._runner.run(lambda c: c.execute(update(CHATS).where(CHATS.c.id == chat_id).values(**values)))
 
     # --- the turn ledger ---------------------------------------------------------------------
 
@@ -222,71 +364,37 @@ class HistoryStore:
         A new message comes back with ``is_new=True``; a redelivered one with its state and
         whatever text was already stored, so the caller can resume instead of starting again.
         """
-        async with self._sessions() as session:
-            return await self._begin_turn(session, chat_id, message_id, user_key)
+        return await self._runner.run(lambda c: _q_begin_turn(c, chat_id, message_id, user_key))
 
     async def begin_turn_with_settings(
         self, chat_id: int, message_id: str, user_key: str
     ) -> tuple[TurnRecord, ChatSettings]:
-        """:meth:`begin_turn` and :meth:`chat_settings` in one session: what a turn's ledger
-        stage needs with one connection checkout instead of two (with SQLite each checkout and
-        statement is a few hops to aiosqlite's thread; bench/bench_turn.py)."""
-        async with self._sessions() as session:
-            record = await self._begin_turn(session, chat_id, message_id, user_key)
-            return record, await self._chat_settings(session, chat_id)
-
-    @staticmethod
-    async def _begin_turn(session: AsyncSession, chat_id: int, message_id: str, user_key: str) -> TurnRecord:
-        turn = Turn(chat_id=chat_id, message_id=message_id, user_key=user_key)
-        session.add(turn)
-        try:
-            await session.commit()
-            return TurnRecord(turn.id, chat_id, TurnState.RECEIVED, is_new=True)
-        except IntegrityError:
-            await session.rollback()
-        existing = await session.scalar(
-            select(Turn).where(Turn.chat_id == chat_id, Turn.message_id == message_id)
-        )
-        assert existing is not None
-        rows = (
-            await session.execute(
-                select(Message.role, Message.content).where(Message.turn_id == existing.id)
-            )
-        ).all()
-        texts = {role: content for role, content in rows}
-        return TurnRecord(
-            existing.id,
-            chat_id,
-            TurnState(existing.state),
-            is_new=False,
-            user_text=texts.get("user"),
-            reply_text=texts.get("assistant"),
+        """:meth:`begin_turn` and :meth:`chat_settings` in one transaction: what a turn's
+        ledger stage needs."""
+        return await self._runner.run(
+            lambda c: (_q_begin_turn(c, chat_id, message_id, user_key), _q_chat_settings(c, chat_id))
         )
 
     async def forget_turn(self, turn_id: int) -> None:
         """Drop a ledger entry that turned out not to be a turn (a group message not for us)."""
-        async with self._sessions() as session:
-            await session.execute(delete(Turn).where(Turn.id == turn_id))
-            await session.commit()
+        await self._runner.run(lambda c: c.execute(delete(TURNS).where(TURNS.c.id == turn_id)))
 
     async def set_turn_state(self, turn_id: int, state: TurnState) -> None:
-        async with self._sessions() as session:
-            await session.execute(update(Turn).where(Turn.id == turn_id).values(state=state.value))
-            await session.commit()
+        await self._runner.run(lambda c: c.execute(_SET_TURN_STATE, {"turn_id": turn_id, "state": state.value}))
 
     async def unfinished_turns(self, platform: str) -> list[tuple[str, str, TurnState]]:
         """(chat key, message id, state) of turns received or replied but never delivered."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(Chat.chat_key, Turn.message_id, Turn.state)
-                .join(Chat, Chat.id == Turn.chat_id)
-                .where(
-                    Chat.platform == platform,
-                    Turn.state.in_([TurnState.RECEIVED.value, TurnState.REPLIED.value]),
-                )
-                .order_by(Turn.id)
+        query = (
+            select(CHATS.c.chat_key, TURNS.c.message_id, TURNS.c.state)
+            .join(CHATS, CHATS.c.id == TURNS.c.chat_id)
+            .where(
+                CHATS.c.platform == platform,
+                TURNS.c.state.in_([TurnState.RECEIVED.value, TurnState.REPLIED.value]),
             )
-            return [(key, mid, TurnState(state)) for key, mid, state in rows]
+            .order_by(TURNS.c.id)
+        )
+        rows = await self._runner.run(lambda c: c.execute(query).all())
+        return [(key, mid, TurnState(state)) for key, mid, state in rows]
 
     # --- history -----------------------------------------------------------------------------
 
@@ -302,143 +410,91 @@ class HistoryStore:
         language: str | None = None,
         user_name: str | None = None,
         turn_state: TurnState | None = None,
-    ) -> None:
-        """Append to a chat's history; optionally move the turn's state in the same commit."""
-        async with self._sessions() as session:
-            session.add(
-                Message(
-                    chat_id=chat_id,
-                    turn_id=turn_id,
-                    role=role,
-                    content=content,
-                    tokens=tokens,
-                    from_voice=from_voice,
-                    language=language,
-                    user_name=user_name,
-                )
-            )
-            if turn_id is not None and turn_state is not None:
-                await session.execute(
-                    update(Turn).where(Turn.id == turn_id).values(state=turn_state.value)
-                )
-            await session.commit()
+        then_recent: int | None = None,
+    ) -> list[StoredMessage] | None:
+        """Append to a chat's history; optionally move the turn's state in the same commit.
+        With ``then_recent``, also read that many of the newest messages before this turn's
+        (what :meth:`recent_messages` returns with ``exclude_turn=turn_id``), in the same
+        transaction: a turn stores what the user said and loads its context in one trip."""
+        values = {
+            "chat_id": chat_id, "turn_id": turn_id, "role": role, "content": content, "tokens": tokens,
+            "from_voice": from_voice, "language": language, "user_name": user_name,
+        }
+
+        def work(connection: Connection) -> list[StoredMessage] | None:
+            _q_add_message(connection, values, turn_state)
+            return None if then_recent is None else _q_recent(connection, chat_id, then_recent, turn_id)
+
+        return await self._runner.run(work)
 
     async def recent_messages(
         self, chat_id: int, limit: int = 60, *, exclude_turn: int | None = None
     ) -> list[StoredMessage]:
         """The newest ``limit`` messages of a chat, oldest first, without ``exclude_turn``'s."""
-        query = (
-            select(Message.role, Message.content, Message.tokens, Message.user_name)
-            .where(Message.chat_id == chat_id)
-            .order_by(Message.id.desc())
-            .limit(limit)
-        )
-        if exclude_turn is not None:
-            query = query.where(or_(Message.turn_id.is_(None), Message.turn_id != exclude_turn))
-        async with self._sessions() as session:
-            rows = (await session.execute(query)).all()
-        return [StoredMessage(role, content, tokens, name) for role, content, tokens, name in reversed(rows)]
+        return await self._runner.run(lambda c: _q_recent(c, chat_id, limit, exclude_turn))
 
     async def clear_history(self, chat_id: int) -> int:
         """Forget a chat's conversation (``/reset``); returns how many messages went."""
-        async with self._sessions() as session:
-            result = await session.execute(delete(Message).where(Message.chat_id == chat_id))
-            await session.commit()
-            return result.rowcount or 0
+        result = await self._runner.run(lambda c: c.execute(delete(MESSAGES).where(MESSAGES.c.chat_id == chat_id)))
+        return result.rowcount or 0
 
     async def count_messages(self, chat_id: int) -> int:
-        async with self._sessions() as session:
-            return int(
-                await session.scalar(select(func.count()).select_from(Message).where(Message.chat_id == chat_id))
-                or 0
-            )
+        query = select(func.count()).select_from(MESSAGES).where(MESSAGES.c.chat_id == chat_id)
+        return int(await self._runner.run(lambda c: c.execute(query).scalar()) or 0)
 
     # --- inbox: raw updates kept until answered ----------------------------------------------
 
     async def inbox_put(
         self, platform: str, items: Sequence[tuple[str, str] | tuple[str, str, str | None]]
     ) -> int:
-        """Store (key, payload[, chat key]) updates not seen before, in one commit; returns how
-        many were new."""
+        """Store (key, payload[, chat key]) updates not seen before, in one statement
+        (``INSERT ... ON CONFLICT DO NOTHING RETURNING``); returns how many were new."""
         if not items:
             return 0
-        rows = {item[0]: (item[1], item[2] if len(item) > 2 else None) for item in items}
-        async with self._sessions() as session:
-            known = set(
-                await session.scalars(
-                    select(InboxItem.key).where(InboxItem.platform == platform, InboxItem.key.in_(list(rows)))
-                )
-            )
-            fresh = [(k, p, c) for k, (p, c) in rows.items() if k not in known]
-            session.add_all(
-                InboxItem(platform=platform, key=k, payload=p, chat_key=c, done=False) for k, p, c in fresh
-            )
-            try:
-                await session.commit()
-            except IntegrityError:  # another worker stored some of them first
-                await session.rollback()
-                return 0
-            return len(fresh)
+        unique = {item[0]: item for item in items}
+        rows = [
+            {"platform": platform, "key": key, "payload": item[1], "chat_key": item[2] if len(item) > 2 else None,
+             "done": False}
+            for key, item in unique.items()
+        ]
+        return await self._runner.run(lambda c: _q_inbox_put(c, platform, rows))
 
     async def inbox_pending(self, platform: str) -> list[tuple[str, str]]:
         """(key, payload) of stored updates not yet handled, oldest first."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(InboxItem.key, InboxItem.payload)
-                .where(InboxItem.platform == platform, InboxItem.done.is_(False))
-                .order_by(InboxItem.id)
-            )
-            return [(key, payload) for key, payload in rows]
+        query = (
+            select(INBOX.c.key, INBOX.c.payload)
+            .where(INBOX.c.platform == platform, INBOX.c.done.is_(False))
+            .order_by(INBOX.c.id)
+        )
+        rows = await self._runner.run(lambda c: c.execute(query).all())
+        return [(key, payload) for key, payload in rows]
 
     async def inbox_pending_in_chat(self, platform: str, chat_key: str) -> list[tuple[str, str]]:
         """(key, payload) of one chat's stored updates not yet handled, oldest first."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(InboxItem.key, InboxItem.payload)
-                .where(
-                    InboxItem.platform == platform, InboxItem.chat_key == chat_key, InboxItem.done.is_(False)
-                )
-                .order_by(InboxItem.id)
-            )
-            return [(key, payload) for key, payload in rows]
+        query = (
+            select(INBOX.c.key, INBOX.c.payload)
+            .where(INBOX.c.platform == platform, INBOX.c.chat_key == chat_key, INBOX.c.done.is_(False))
+            .order_by(INBOX.c.id)
+        )
+        rows = await self._runner.run(lambda c: c.execute(query).all())
+        return [(key, payload) for key, payload in rows]
 
     async def inbox_prune(self, platform: str, older_than: dt.timedelta) -> int:
         """Delete handled updates received more than ``older_than`` ago; returns how many went."""
         cutoff = dt.datetime.now(dt.UTC) - older_than
-        async with self._sessions() as session:
-            result = await session.execute(
-                delete(InboxItem).where(
-                    InboxItem.platform == platform, InboxItem.done.is_(True), InboxItem.received_at < cutoff
-                )
-            )
-            await session.commit()
-            return result.rowcount or 0
+        stmt = delete(INBOX).where(INBOX.c.platform == platform, INBOX.c.done.is_(True), INBOX.c.received_at < cutoff)
+        result = await self._runner.run(lambda c: c.execute(stmt))
+        return result.rowcount or 0
 
     async def inbox_done(self, platform: str, key: str) -> None:
         """Mark an update handled and drop its payload: the message text is not kept in the
         inbox once answered (``/reset`` must not leave it there); the key stays until pruned."""
-        async with self._sessions() as session:
-            await session.execute(
-                update(InboxItem)
-                .where(InboxItem.platform == platform, InboxItem.key == key)
-                .values(done=True, payload="")
-            )
-            await session.commit()
+        stmt = (
+            update(INBOX).where(INBOX.c.platform == platform, INBOX.c.key == key).values(done=True, payload="")
+        )
+        await self._runner.run(lambda c: c.execute(stmt))
 
     # --- usage -------------------------------------------------------------------------------
-
-    def _usage_upsert(self, platform: str, user_key: str, day: dt.date | None, **values: float) -> Any:
-        day = day or dt.datetime.now(dt.UTC).date()
-        values = {name: values.get(name, 0) for name in ("turns", "audio_seconds", "tokens", "tts_chars")}
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(Usage).values(platform=platform, user_key=user_key, day=day, **values)
-        return stmt.on_conflict_do_update(
-            index_elements=[Usage.platform, Usage.user_key, Usage.day],
-            set_={name: getattr(Usage, name) + getattr(stmt.excluded, name) for name in values},
-        )
 
     async def add_usage(
         self,
@@ -451,12 +507,9 @@ class HistoryStore:
         tts_chars: int = 0,
         day: dt.date | None = None,
     ) -> None:
-        stmt = self._usage_upsert(
-            platform, user_key, day, turns=turns, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
-        )
-        async with self._sessions() as session:
-            await session.execute(stmt)
-            await session.commit()
+        await self._runner.run(lambda c: c.execute(_usage_upsert(
+            c, platform, user_key, day, turns=turns, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
+        )))
 
     async def finish_turn(
         self,
@@ -469,29 +522,27 @@ class HistoryStore:
         tts_chars: int = 0,
     ) -> None:
         """Mark a turn delivered and count its usage, in one commit."""
-        async with self._sessions() as session:
-            await session.execute(
-                update(Turn).where(Turn.id == turn_id).values(state=TurnState.DELIVERED.value)
-            )
-            await session.execute(
-                self._usage_upsert(
-                    platform, user_key, None, turns=1, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
-                )
-            )
-            await session.commit()
+
+        def work(connection: Connection) -> None:
+            connection.execute(_SET_TURN_STATE, {"turn_id": turn_id, "state": TurnState.DELIVERED.value})
+            connection.execute(_usage_upsert(
+                connection, platform, user_key, None,
+                turns=1, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars,
+            ))
+
+        await self._runner.run(work)
 
     async def usage(self, platform: str, user_key: str, since: dt.date | None = None) -> UsageTotals:
         """A user's totals since ``since`` (inclusive); all time when None."""
         query = select(
-            func.coalesce(func.sum(Usage.turns), 0),
-            func.coalesce(func.sum(Usage.audio_seconds), 0.0),
-            func.coalesce(func.sum(Usage.tokens), 0),
-            func.coalesce(func.sum(Usage.tts_chars), 0),
-        ).where(Usage.platform == platform, Usage.user_key == user_key)
+            func.coalesce(func.sum(USAGE.c.turns), 0),
+            func.coalesce(func.sum(USAGE.c.audio_seconds), 0.0),
+            func.coalesce(func.sum(USAGE.c.tokens), 0),
+            func.coalesce(func.sum(USAGE.c.tts_chars), 0),
+        ).where(USAGE.c.platform == platform, USAGE.c.user_key == user_key)
         if since is not None:
-            query = query.where(Usage.day >= since)
-        async with self._sessions() as session:
-            turns, seconds, tokens, chars = (await session.execute(query)).one()
+            query = query.where(USAGE.c.day >= since)
+        turns, seconds, tokens, chars = await self._runner.run(lambda c: c.execute(query).one())
         return UsageTotals(int(turns), float(seconds), int(tokens), int(chars))
 
 

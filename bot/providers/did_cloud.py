@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.errors import ConfigError, ProviderError
 from bot.messages import Video, VoiceNote
 from bot.providers.base import AvatarRenderer
+from bot.providers.http import provider_http_client
 from bot.retry import CircuitBreaker, call_with_retries, parse_retry_after
 
 _FINAL_FAILURES = {"error", "rejected"}
@@ -46,10 +47,10 @@ class DIDAvatar(AvatarRenderer):
             raise ConfigError("DID_API_KEY is not set; it is needed for the D-ID avatar.")
         self._settings = settings
         self._poll_interval = poll_interval
-        self._http = httpx.AsyncClient(
+        self._http = provider_http_client(
+            settings.provider_timeout,
             base_url=settings.did_base_url.rstrip("/"),
             headers={"Authorization": f"Basic {key}", "Accept": "application/json"},
-            timeout=settings.provider_timeout,
         )
         self._breaker = breaker or CircuitBreaker("avatar")
 

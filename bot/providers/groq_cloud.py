@@ -21,6 +21,7 @@ from bot.config import Settings
 from bot.errors import BadAudioError, ConfigError, ProviderError
 from bot.messages import Audio
 from bot.providers.base import SpeechToText, Transcript
+from bot.providers.http import provider_http_client
 from bot.retry import CircuitBreaker, call_with_retries, parse_retry_after
 
 # File names Groq accepts; Telegram's ".oga" is OGG but is rejected by name.
@@ -105,11 +106,13 @@ class GroqWhisperSTT(SpeechToText):
 
     def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
         self._settings = settings
+        self._http = provider_http_client(settings.provider_timeout)
         self._client = groq.AsyncGroq(
             api_key=_api_key(settings),
             base_url=settings.groq_base_url,
             max_retries=0,
             timeout=settings.provider_timeout,
+            http_client=self._http,
         )
         self._breaker = breaker or CircuitBreaker("speech-to-text")
 
@@ -146,6 +149,7 @@ class GroqWhisperSTT(SpeechToText):
 
     async def aclose(self) -> None:
         await self._client.close()
+        await self._http.aclose()
 
 
 class PlainJSONCompletions(AsyncCompletions):

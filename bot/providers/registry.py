@@ -97,11 +97,10 @@ def build_stt(name: str, settings: Settings) -> SpeechToText:
 
 def build_llm(name: str, settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> BaseChatModel:
     if name == "groq":
-        import httpx
-
         from bot.providers.groq_cloud import build_groq_chat_model
+        from bot.providers.http import provider_http_client
 
-        client = httpx.AsyncClient(timeout=settings.provider_timeout)
+        client = provider_http_client(settings.provider_timeout)
         closers.append(client.aclose)
         return build_groq_chat_model(settings, client)
     if name == "local":
