@@ -120,7 +120,7 @@ class StreamedMessage:
     def update(self, text_so_far: str) -> None:
         if self._closing.is_set():
             return
-        self._latest = preview(text_so_far)
+        self._latest = text_so_far  # cut to one message only when shown, not on every token
         self._wake.set()
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"telegram-stream-{self._to.chat_id}")
@@ -146,7 +146,7 @@ class StreamedMessage:
             self._wake.clear()
             if self._closing.is_set():
                 return
-            text, pause = self._latest, self._interval
+            text, pause = preview(self._latest), self._interval
             if text.strip() and text != shown:
                 try:
                     await self._show(text)

@@ -1,7 +1,7 @@
 """What the building blocks of a turn cost the bot in CPU: one Bot API call, one database
 transaction, one provider call, measured one at a time in this process (the fakes run in others).
 
-A voice-note turn is made of a fixed number of them (eight Bot API calls, seven transactions,
+A voice-note turn is made of a fixed number of them (eight Bot API calls, six transactions,
 three provider calls), so their sum is a floor under the bot's CPU per turn, and
 ``1000 / floor`` a ceiling on turns per second per core whatever the glue code does. Bot API
 calls are measured with PTB's stock HTTPXRequest and with the adapter's AiohttpRequest.
@@ -81,14 +81,13 @@ async def db_costs(rounds: int) -> dict[str, float]:
         turn = [0]
 
         async def begin() -> None:
-            record, _ = await store.begin_turn_with_settings(chat, str(next(counter)), "u")
+            record, _, _ = await store.open_turn(chat, str(next(counter)), "u", recent=200)
             turn[0] = record.id
 
         costs = {
             "inbox put": await cpu_ms(rounds, lambda: store.inbox_put("telegram", [(str(next(counter)), "{}")])),
-            "ledger + settings": await cpu_ms(rounds, begin),
+            "ledger + settings + history": await cpu_ms(rounds, begin),
             "add message": await cpu_ms(rounds, lambda: store.add_message(chat, "user", "hello", turn_id=turn[0])),
-            "history (200 rows max)": await cpu_ms(rounds, lambda: store.recent_messages(chat, 200, exclude_turn=turn[0])),
             "reply + state": await cpu_ms(rounds, lambda: store.add_message(
                 chat, "assistant", REPLY, turn_id=turn[0], turn_state=TurnState.REPLIED)),
             "finish turn": await cpu_ms(rounds, lambda: store.finish_turn(turn[0], "telegram", "u", tokens=5)),

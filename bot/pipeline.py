@@ -14,6 +14,7 @@ redelivered update is answered once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -88,10 +89,11 @@ class TurnContext:
     language: str | None = None
     audio_seconds: float = 0.0
     user_stored: bool = False
-    history: list[StoredMessage] | None = None  # the context, read as the user's message was stored
+    history: list[StoredMessage] | None = None  # the chat's messages before this one, once read
     limited: bool = False  # rate and daily budgets checked (once per turn)
     voice_allowed: bool = True  # False once the user's daily voice budget is used
     reply_text: str | None = None
+    reply_commit: asyncio.Future[None] | None = None  # the answer being stored
     tokens: int = 0
     tts_chars: int = 0
     voice: VoiceNote | None = None
@@ -172,6 +174,8 @@ class TurnPipeline:
 
     async def _fail(self, turn: TurnContext, error: VoicebotError) -> None:
         """Answer a problem with a clear notice, or stay silent where the bot was not addressed."""
+        with contextlib.suppress(Exception):  # its failure is what may have brought us here
+            await self._reply_stored(turn)
         log.warning("turn %s/%s: %s", turn.message.platform, turn.message.message_id, error)
         if not turn.explicitly_addressed and turn.user_text is None:
             # Group chatter we could not even read: not ours to complain about.
@@ -214,8 +218,12 @@ class TurnPipeline:
     async def _ledger(self, turn: TurnContext) -> None:
         message = turn.message
         turn.chat_id = await self.store.chat_id(message.platform, message.chat_id)
-        # One database session for the ledger entry and the chat's settings (bench/bench_turn.py).
-        record, chat = await self.store.begin_turn_with_settings(turn.chat_id, message.message_id, message.user_id)
+        # One transaction for the ledger entry, the chat's settings and, when the message is
+        # surely for the bot, the context the LLM will see (bench/bench_turn.py).
+        record, chat, turn.history = await self.store.open_turn(
+            turn.chat_id, message.message_id, message.user_id,
+            recent=HISTORY_ROWS if turn.explicitly_addressed else None,
+        )
         turn.record = record
         if not record.is_new:
             if record.state in (TurnState.DELIVERED, TurnState.FAILED):
@@ -325,8 +333,9 @@ class TurnPipeline:
         if turn.user_stored:
             return
         assert turn.user_text is not None and turn.record is not None
-        # One transaction stores what the user said and reads the context the LLM will see.
-        turn.history = await self.store.add_message(
+        # Group chatter that turned out to be for the bot reads its context along with storing
+        # what the user said, in one transaction; the rest read it in the ledger stage.
+        recent = await self.store.add_message(
             turn.chat_id,
             "user",
             turn.user_text,
@@ -335,8 +344,10 @@ class TurnPipeline:
             from_voice=turn.from_voice,
             language=turn.language,
             user_name=turn.message.user_name,
-            then_recent=HISTORY_ROWS,
+            then_recent=HISTORY_ROWS if turn.history is None else None,
         )
+        if turn.history is None:
+            turn.history = recent
         turn.user_stored = True
 
     async def _think(self, turn: TurnContext) -> None:
@@ -345,7 +356,7 @@ class TurnPipeline:
         assert turn.chat is not None and turn.record is not None and turn.user_text is not None
         await turn.sink.stage(Stage.THINKING)
         history = turn.history
-        if history is None:  # resuming a turn whose message was stored before a crash
+        if history is None:  # not read yet (group chatter resumed after a crash)
             history = await self.store.recent_messages(turn.chat_id, HISTORY_ROWS, exclude_turn=turn.record.id)
         messages = build_messages(
             turn.chat.persona or self.settings.resolved_system_prompt,
@@ -384,10 +395,18 @@ class TurnPipeline:
             raise VoicebotError("empty LLM reply", user_message="I couldn't come up with an answer. Could you rephrase?")
         turn.reply_text = text
         turn.tokens = tokens or estimate_tokens(text)
-        await self.store.add_message(
+        # Stored while the voice is synthesized; awaited before anything is delivered.
+        turn.reply_commit = asyncio.ensure_future(self.store.add_message(
             turn.chat_id, "assistant", text, turn_id=turn.record.id,
             tokens=estimate_tokens(text), turn_state=TurnState.REPLIED,
-        )
+        ))
+
+    @staticmethod
+    async def _reply_stored(turn: TurnContext) -> None:
+        """Wait for the answer's commit (the ledger says REPLIED before the user sees it)."""
+        commit, turn.reply_commit = turn.reply_commit, None
+        if commit is not None:
+            await commit
 
     def _voice_enabled(self, chat: ChatSettings) -> bool:
         return self.settings.voice_replies if chat.voice_enabled is None else chat.voice_enabled
@@ -409,6 +428,7 @@ class TurnPipeline:
 
     async def _deliver(self, turn: TurnContext) -> None:
         assert turn.chat is not None and turn.record is not None and turn.reply_text is not None
+        await self._reply_stored(turn)
         show = turn.chat.transcript_enabled
         reply = Reply(
             text=turn.reply_text,

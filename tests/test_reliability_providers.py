@@ -11,6 +11,7 @@ once the provider is back.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -242,6 +243,41 @@ async def test_broken_bodies_get_a_clear_reply_and_bounded_retries(
     groq_fake.clear_faults()
     outcome, _, _ = await turn(bot, msg("working again?"))
     assert outcome is Outcome.ANSWERED
+
+
+def _event(payload: dict[str, Any], name: str | None = None, *, newline: bytes = b"\n") -> bytes:
+    head = b"event: " + name.encode() + newline if name else b""
+    return head + b"data: " + json.dumps(payload).encode() + newline + newline
+
+
+def _chunk(content: str, finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "llama-3.1-8b-instant",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish}]}
+
+
+async def test_streamed_events_parse_with_any_line_ending_and_comments(
+    make_bot: Callable[..., Any], groq_fake: FakeGroq
+) -> None:
+    """Server-sent events as the spec allows them: CRLF lines, a keep-alive comment, a
+    payload split over two data lines; [DONE] ends the answer even if bytes follow."""
+    split = b'data: {"id": "chatcmpl-1", "object": "chat.completion.chunk",\r\ndata: "created": 1, "model": "m", ' \
+        b'"choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": null}]}\r\n\r\n'
+    body = (b": keep-alive\r\n\r\n" + _event(_chunk("Hello"), newline=b"\r\n") + split
+            + _event(_chunk("!", "stop"), newline=b"\r\n") + b"data: [DONE]\r\n\r\n" + _event(_chunk(" ignored")))
+    bot = await make_bot(provider_retries=0, voice_replies=False)
+    groq_fake.bad_body_next("/chat/completions", body=body, content_type="text/event-stream")
+    outcome, sink, _ = await turn(bot, msg("hi"))
+    assert outcome is Outcome.ANSWERED and sink.replies[0].text == "Hello there!"
+
+
+async def test_an_error_event_mid_stream_gets_a_clear_reply(make_bot: Callable[..., Any], groq_fake: FakeGroq) -> None:
+    body = _event(_chunk("Partial")) + _event({"error": {"message": "model overloaded", "type": "server_error"}}, "error")
+    bot = await make_bot(provider_retries=1, voice_replies=False)
+    groq_fake.bad_body_next("/chat/completions", body=body, content_type="text/event-stream", times=5)
+    outcome, sink, _ = await turn(bot, msg("hi"))
+    assert outcome is Outcome.NOTICE
+    assert_clear(sink.replies[0].text)
+    assert len(groq_fake.chat_requests) == 1  # tokens were shown: never retried into a second answer
 
 
 async def test_a_broken_body_once_is_retried_into_an_answer(
