@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     max_reply_chars_spoken: int = 1500  # longer replies are spoken up to here
     provider_timeout: float = 30.0
     provider_retries: int = 2
+    # Requests in flight to each provider at once (httpx's default of 100 made a burst of
+    # voice notes wait in waves); the provider's own rate limits still apply.
+    provider_max_connections: int = Field(default=512, ge=1)
     rate_limit_messages: int = 10  # per user per rate_limit_window seconds
     rate_limit_window: float = 60.0
     # Per-user daily budgets (UTC days); 0 = unlimited.

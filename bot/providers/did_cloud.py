@@ -48,7 +48,7 @@ class DIDAvatar(AvatarRenderer):
         self._settings = settings
         self._poll_interval = poll_interval
         self._http = provider_http_client(
-            settings.provider_timeout,
+            settings,
             base_url=settings.did_base_url.rstrip("/"),
             headers={"Authorization": f"Basic {key}", "Accept": "application/json"},
         )

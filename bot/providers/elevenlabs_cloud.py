@@ -41,7 +41,7 @@ class ElevenLabsTTS(TextToSpeech):
         if not key:
             raise ConfigError("ELEVENLABS_API_KEY is not set; it is needed for the ElevenLabs voice.")
         self._settings = settings
-        self._http = provider_http_client(settings.provider_timeout)
+        self._http = provider_http_client(settings)
         kwargs = {"base_url": settings.elevenlabs_base_url} if settings.elevenlabs_base_url else {}
         # The SDK passes its own timeout (240 s by default) with every request, overriding the
         # client's: give it ours, or a hanging request holds the turn for four minutes.

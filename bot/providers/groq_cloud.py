@@ -112,7 +112,7 @@ class GroqWhisperSTT(SpeechToText):
 
     def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
         self._settings = settings
-        self._http = provider_http_client(settings.provider_timeout)
+        self._http = provider_http_client(settings)
         self._client = groq.AsyncGroq(
             api_key=_api_key(settings),
             base_url=settings.groq_base_url,

@@ -22,6 +22,8 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from bot.config import Settings
+
 
 def _corrected(error: httpx.TransportError, request: httpx.Request | None) -> httpx.TransportError:
     cause = error.__cause__
@@ -63,6 +65,10 @@ class ProviderTransport(AiohttpTransport):
         return response
 
 
-def provider_http_client(timeout: float, **kwargs: Any) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` over aiohttp, with ``timeout`` seconds per request."""
-    return httpx.AsyncClient(timeout=timeout, transport=ProviderTransport(), **kwargs)
+def provider_http_client(settings: Settings, **kwargs: Any) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` over aiohttp: ``PROVIDER_TIMEOUT`` seconds per request, at most
+    ``PROVIDER_MAX_CONNECTIONS`` requests in flight."""
+    limits = httpx.Limits(max_connections=settings.provider_max_connections, max_keepalive_connections=64)
+    return httpx.AsyncClient(
+        timeout=settings.provider_timeout, limits=limits, transport=ProviderTransport(limits=limits), **kwargs
+    )

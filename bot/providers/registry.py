@@ -100,7 +100,7 @@ def build_llm(name: str, settings: Settings, closers: list[Callable[[], Awaitabl
         from bot.providers.groq_cloud import build_groq_chat_model
         from bot.providers.http import provider_http_client
 
-        client = provider_http_client(settings.provider_timeout)
+        client = provider_http_client(settings)
         closers.append(client.aclose)
         return build_groq_chat_model(settings, client)
     if name == "local":
