@@ -135,7 +135,7 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
     and skips what still waits: those stay in the inbox for the next start.
     """
 
-    def __init__(self, max_running: int = 512) -> None:
+    def __init__(self, max_running: int) -> None:
         super().__init__(max_concurrent_updates=2**20)  # waiting updates are cheap
         self._max_running = max_running
         self._running: asyncio.Semaphore | None = None

@@ -333,9 +333,7 @@ class TurnPipeline:
         if turn.user_stored:
             return
         assert turn.user_text is not None and turn.record is not None
-        # Group chatter that turned out to be for the bot reads its context along with storing
-        # what the user said, in one transaction; the rest read it in the ledger stage.
-        recent = await self.store.add_message(
+        await self.store.add_message(
             turn.chat_id,
             "user",
             turn.user_text,
@@ -344,10 +342,7 @@ class TurnPipeline:
             from_voice=turn.from_voice,
             language=turn.language,
             user_name=turn.message.user_name,
-            then_recent=HISTORY_ROWS if turn.history is None else None,
         )
-        if turn.history is None:
-            turn.history = recent
         turn.user_stored = True
 
     async def _think(self, turn: TurnContext) -> None:
@@ -356,7 +351,7 @@ class TurnPipeline:
         assert turn.chat is not None and turn.record is not None and turn.user_text is not None
         await turn.sink.stage(Stage.THINKING)
         history = turn.history
-        if history is None:  # not read yet (group chatter resumed after a crash)
+        if history is None:  # group chatter found to be for the bot: not read with the ledger entry
             history = await self.store.recent_messages(turn.chat_id, HISTORY_ROWS, exclude_turn=turn.record.id)
         messages = build_messages(
             turn.chat.persona or self.settings.resolved_system_prompt,

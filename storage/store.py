@@ -420,22 +420,13 @@ class HistoryStore:
         language: str | None = None,
         user_name: str | None = None,
         turn_state: TurnState | None = None,
-        then_recent: int | None = None,
-    ) -> list[StoredMessage] | None:
-        """Append to a chat's history; optionally move the turn's state in the same commit.
-        With ``then_recent``, also read that many of the newest messages before this turn's
-        (what :meth:`recent_messages` returns with ``exclude_turn=turn_id``), in the same
-        transaction: a turn stores what the user said and loads its context in one trip."""
+    ) -> None:
+        """Append to a chat's history; optionally move the turn's state in the same commit."""
         values = {
             "chat_id": chat_id, "turn_id": turn_id, "role": role, "content": content, "tokens": tokens,
             "from_voice": from_voice, "language": language, "user_name": user_name,
         }
-
-        def work(connection: Connection) -> list[StoredMessage] | None:
-            _q_add_message(connection, values, turn_state)
-            return None if then_recent is None else _q_recent(connection, chat_id, then_recent, turn_id)
-
-        return await self._runner.run(work)
+        await self._runner.run(lambda c: _q_add_message(c, values, turn_state))
 
     async def recent_messages(
         self, chat_id: int, limit: int = 60, *, exclude_turn: int | None = None
