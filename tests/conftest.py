@@ -3,9 +3,13 @@ module is registered here so each platform's fixtures are available to all tests
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from tests.databases import fresh_postgres_url, postgres_unavailable
+from tests.services import skip_without_redis
 
 pytest_plugins = sorted(
     f"tests.fakes.{path.stem}" for path in (Path(__file__).parent / "fakes").glob("*plugin.py")
@@ -31,3 +35,19 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'voicebot.db'}"
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database of the test's own; skipped, with the reason, where none runs."""
+    reason = await postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    async with fresh_postgres_url() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis_required() -> None:
+    """Skips the test, with the reason, where no Redis runs."""
+    await skip_without_redis()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import uuid
 
+import pytest
+
 REDIS_URL = os.environ.get("VOICEBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -22,6 +24,12 @@ async def redis_unavailable() -> str | None:
     finally:
         await client.aclose()
     return None
+
+
+async def skip_without_redis() -> None:
+    reason = await redis_unavailable()
+    if reason:
+        pytest.skip(reason)
 
 
 def unique(prefix: str) -> str:

@@ -4,7 +4,7 @@ and two VoiceBots on one PostgreSQL database answering interleaved updates once,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -17,24 +17,8 @@ from bot.pipeline import Outcome
 from bot.runtime import VoiceBot
 from bot.sink import SilentSink
 from storage.store import HistoryStore
-from tests.databases import fresh_postgres_url, postgres_unavailable
 from tests.fakes.groq import FakeGroq
-from tests.services import REDIS_URL, redis_unavailable, unique
-
-
-async def _require_redis() -> None:
-    reason = await redis_unavailable()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    reason = await postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    async with fresh_postgres_url() as url:
-        yield url
+from tests.services import REDIS_URL, skip_without_redis, unique
 
 
 async def _overlaps(make_locks: Callable[[], ChatLocks], same_key: bool) -> bool:
@@ -62,13 +46,13 @@ async def _overlaps(make_locks: Callable[[], ChatLocks], same_key: bool) -> bool
 
 
 async def test_redis_chat_lock_serialises_one_chat_across_workers() -> None:
-    await _require_redis()
+    await skip_without_redis()
     assert not await _overlaps(lambda: RedisChatLocks(REDIS_URL), same_key=True)
     assert await _overlaps(lambda: RedisChatLocks(REDIS_URL), same_key=False)
 
 
 async def test_redis_lock_lease_is_renewed_during_a_long_turn() -> None:
-    await _require_redis()
+    await skip_without_redis()
     holder, other = RedisChatLocks(REDIS_URL, lease=0.3), RedisChatLocks(REDIS_URL, lease=0.3, wait=0.2)
     key = ("test", unique("slow"))
     try:
@@ -94,7 +78,7 @@ async def test_postgres_advisory_lock_serialises_one_chat(pg_url: str) -> None:
 
 
 async def test_redis_rate_limit_is_shared_by_workers() -> None:
-    await _require_redis()
+    await skip_without_redis()
     user = unique("user")
     workers = [RedisRateLimiter(REDIS_URL, limit=3, window=30), RedisRateLimiter(REDIS_URL, limit=3, window=30)]
     try:
@@ -113,7 +97,7 @@ async def test_redis_rate_limit_is_shared_by_workers() -> None:
 async def test_two_workers_on_postgres_answer_interleaved_updates_once_and_in_order(
     pg_url: str, fake_env: dict[str, str], groq_fake: FakeGroq, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await _require_redis()
+    await skip_without_redis()
     for name, value in fake_env.items():
         monkeypatch.setenv(name, value)
     settings = Settings(database_url=pg_url, redis_url=REDIS_URL, voice_replies=False,

@@ -19,20 +19,10 @@ from bot.pipeline import Outcome
 from bot.runtime import VoiceBot
 from bot.sink import SilentSink
 from storage.store import HistoryStore
-from tests.databases import fresh_postgres_url, postgres_unavailable
 from tests.fakes.groq import FakeGroq
-from tests.services import REDIS_URL, redis_unavailable, unique
+from tests.services import REDIS_URL, unique
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    for reason in (await postgres_unavailable(), await redis_unavailable()):
-        if reason:
-            pytest.skip(reason)
-    async with fresh_postgres_url() as url:
-        yield url
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("redis_required")]
 
 
 async def terminate_database_connections(pg_url: str) -> int:

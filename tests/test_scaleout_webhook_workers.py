@@ -26,23 +26,13 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.databases import fresh_postgres_url, postgres_unavailable
 from tests.fakes.groq import FakeGroq
 from tests.fakes.telegram_api import FakeChat, FakeTelegram
-from tests.services import REDIS_URL, redis_unavailable
+from tests.services import REDIS_URL
 
 pytestmark = pytest.mark.timeout(180)
 
 WORKER_STARTED = re.compile(r"workers: (worker\d+) started \(pid (\d+)\)")
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    for reason in (await postgres_unavailable(), await redis_unavailable()):
-        if reason:
-            pytest.skip(reason)
-    async with fresh_postgres_url() as url:
-        yield url
 
 
 def free_port() -> int:
@@ -111,7 +101,7 @@ class WorkerGroup:
 
 @pytest.fixture
 async def workers(
-    pg_url: str, telegram_fake: FakeTelegram, fake_env: dict[str, str], tmp_path: Path
+    redis_required: None, pg_url: str, telegram_fake: FakeTelegram, fake_env: dict[str, str], tmp_path: Path
 ) -> AsyncIterator[WorkerGroup]:
     """Two workers, not started; tests adjust ``env`` first."""
     port = free_port()
