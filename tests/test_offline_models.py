@@ -382,9 +382,8 @@ def _words(text: str) -> set[str]:
 
 
 async def _spoken(text: str, settings: Settings) -> bytes:
-    """``text`` spoken by the bundled Piper voice, the same every run: with Piper's generator
-    noise, Whisper base now and then heard "the capital of friends". Without noise and at
-    normal speed it always does; a little slower, it always hears "France"."""
+    """``text`` spoken by the bundled Piper voice, the same every run (no generator noise), a
+    little slower than Piper's normal speed."""
     from piper import SynthesisConfig
 
     from bot.audio import encode_ogg_opus
@@ -521,7 +520,9 @@ async def test_multilingual_whisper_base_is_assembled_and_hears_english(tmp_path
     base = Settings(_env_file=None, local_stt_model="base", models_cache_dir=tmp_path / "cache")
     stt = LocalWhisperSTT(base)
     assert (tmp_path / "cache" / "whisper-base-ct2" / "model.bin").stat().st_size > 100_000_000
-    transcript = await stt.transcribe(Audio(data=await _spoken("What is the capital of France?", settings)))
-    assert {"capital", "france"} <= _words(transcript.text)
+    # Whisper base hears "the capital of friends" on some CPUs (AMD EPYC here, at Piper's
+    # length 1.0 and 1.15, with or without noise); this sentence it heard on every setting tried.
+    transcript = await stt.transcribe(Audio(data=await _spoken("What is the weather like in London today?", settings)))
+    assert {"weather", "london", "today"} <= _words(transcript.text)
     assert transcript.language == "en"
 
