@@ -218,7 +218,8 @@ class TelegramReplySink:
         self._stream.update(text_so_far)
 
     async def deliver(self, reply: Reply) -> None:
-        """Text first (into the streamed message if there is one), then the voice note.
+        """Text first (into the streamed message if there is one), then the voice note; a
+        streamed one-message answer gets its final edit and the voice note at once.
 
         Raises if Telegram did not take the text, so the core keeps the turn open and it is
         tried again. When it never will (the user blocked the bot, the bot left the group) the
@@ -229,6 +230,9 @@ class TelegramReplySink:
         self._stream = None
         chunks = reply_chunks(reply.text, reply.transcript if reply.show_transcript else None)
         try:
+            if streamed is not None and len(chunks) == 1 and reply.voice is not None:
+                await self._finish_streamed_with_voice(streamed, chunks[0], reply.voice)
+                return
             for i, chunk in enumerate(chunks):
                 if i == 0 and streamed is not None and await self._edit(streamed, chunk):
                     continue
@@ -298,6 +302,33 @@ class TelegramReplySink:
                     return True
                 log.warning("could not edit the streamed reply in %s: %s", self._to.chat_id, error)
         return False
+
+    async def _finish_streamed_with_voice(self, message_id: int, chunk: Chunk, voice: VoiceNote) -> None:
+        """The streamed message's final text and the voice note, sent together.
+
+        The answer's message is already in the chat, above where the voice note will land, so
+        the voice note need not wait for the last edit (bench/bench_turn.py). If
+        the edit fails, the text follows as a new message; if that fails too, the error goes
+        up like any text that did not get out.
+        """
+        voice_out = asyncio.ensure_future(self._send_voice(voice))  # the longer call goes first
+        edit = asyncio.ensure_future(self._edit(message_id, chunk))
+        try:
+            await asyncio.wait((edit, voice_out))
+        except asyncio.CancelledError:
+            edit.cancel()
+            voice_out.cancel()
+            raise
+        try:
+            edited = edit.result()
+        except Forbidden:
+            raise
+        except TelegramError as error:
+            log.warning("could not finish the streamed reply in %s (%s); sending it anew", self._to.chat_id, error)
+            edited = False
+        if not edited:
+            await self._post(chunk, answer=True)
+        voice_out.result()
 
     async def _send_voice(self, voice: VoiceNote) -> None:
         self._actions.show(ChatAction.UPLOAD_VOICE)

@@ -46,7 +46,9 @@ def stage_breakdown(log: str, skip: int, latencies: Latencies) -> dict[str, floa
 
 #: The calls a voice-note turn waits for, one after the other (chat actions and the first
 #: streamed message run beside them).
-CHAIN = ("getUpdates", "getFile", "file", "stt", "chat", "tts", "editMessageText", "sendVoice")
+#: The calls a voice turn waits for, one after the other. The streamed message's final edit
+#: goes out beside the voice note (adapters/telegram_reply.py), so it is not on this path.
+CHAIN = ("getUpdates", "getFile", "file", "stt", "chat", "tts", "sendVoice")
 
 
 def timeline(events: list[tuple[str, float, float]], windows: list[tuple[float, float]]) -> dict:
@@ -67,7 +69,7 @@ def timeline(events: list[tuple[str, float, float]], windows: list[tuple[float, 
         for name in CHAIN:
             found = [e for e in mine if e[0] == name]
             if found:
-                chain.append(found[-1] if name == "editMessageText" else found[0])
+                chain.append(found[0])
         if [c[0] for c in chain] != list(CHAIN):
             continue
         gaps.setdefault("update available -> getUpdates answered", []).append(chain[0][2])

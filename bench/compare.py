@@ -67,7 +67,9 @@ def main() -> None:
                 print(f"round {round_ + 1}/{args.rounds}: {side} (load {os.getloadavg()[0]:.2f})", flush=True)
                 subprocess.run([sys.executable, str(ROOT / "bench" / script), *args.args], cwd=ROOT, env=env,
                                check=True, stdout=subprocess.DEVNULL)
-                result = json.loads((folder / f"{result_name}.json").read_text())
+                # e.g. throughput.json, or throughput-text.json with --text-only
+                [path] = folder.glob(f"{result_name}*.json")
+                result = json.loads(path.read_text())
                 loads.append(result.get("load_start", [0.0])[0])
                 for label, path in metrics.items():
                     values[side][label].append(dig(result, path))

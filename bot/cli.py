@@ -27,7 +27,7 @@ from pathlib import Path
 from bot.config import Settings
 from bot.errors import ConfigError, VoicebotError
 from bot.logs import configure_logging
-from bot.runtime import VoiceBot
+from bot.runtime import VoiceBot, freeze_startup_heap
 
 log = logging.getLogger("voicebot")
 
@@ -86,6 +86,7 @@ async def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     from adapters.terminal import chat_loop
 
     bot = await VoiceBot.create(settings)
+    freeze_startup_heap()
     try:
         await chat_loop(bot, args.chat)
     finally:
@@ -102,6 +103,7 @@ def _server(module: str, attribute: str = "serve") -> Server:
 async def serve_until_stopped(settings: Settings, servers: list[Server]) -> int:
     """Run adapters on one VoiceBot until SIGINT/SIGTERM, then shut down within seconds."""
     bot = await VoiceBot.create(settings)
+    freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

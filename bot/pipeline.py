@@ -364,6 +364,13 @@ class TurnPipeline:
         streamed: list[str] = []
 
         async def generate() -> tuple[str, int]:
+            if not turn.sink.streams_text:
+                # Nobody watches the answer grow: one completion instead of an object, a read
+                # and a callback per token (bench/bench_throughput.py --text-only).
+                answer = await self.llm.ainvoke(messages)
+                usage = getattr(answer, "usage_metadata", None) or {}
+                text = answer.content if isinstance(answer.content, str) else ""
+                return text.strip(), usage.get("total_tokens", 0)
             streamed.clear()
             output_tokens = 0
             async for chunk in self.llm.astream(messages):

@@ -5,6 +5,7 @@ Adapters hold one VoiceBot and call :meth:`VoiceBot.handle` for each incoming me
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Self
 
@@ -42,6 +43,19 @@ def chat_locks(settings: Settings, store: HistoryStore) -> ChatLockProvider:
                                       pool_timeout=120.0)
         return PostgresChatLocks(engine, dispose=True)
     return ChatLocks()
+
+
+def freeze_startup_heap() -> None:
+    """Take what start-up built out of the cyclic garbage collector's sight, for good.
+
+    A running bot holds ~175,000 tracked objects from start-up (LangChain, PTB, SQLAlchemy,
+    pydantic and their modules) that live as long as the process. Python's full collections
+    walked all of them every time, a pause of 100 ms and more in the middle of turns
+    (bench/bench_context.py, docs/benchmarks.md). Start-up garbage is collected once, the rest
+    is frozen (``gc.freeze``); what turns allocate is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class VoiceBot:

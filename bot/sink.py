@@ -36,9 +36,8 @@ class ReplySink(Protocol):
 class SilentSink:
     """A sink that keeps what it is given; for the CLI and tests of the core."""
 
-    streams_text = False
-
-    def __init__(self) -> None:
+    def __init__(self, *, streams_text: bool = False) -> None:
+        self.streams_text = streams_text  # True: the answer comes token by token to text_delta
         self.stages: list[Stage] = []
         self.deltas: list[str] = []
         self.replies: list[Reply] = []

@@ -54,7 +54,7 @@ def test_every_bench_script_runs_a_few_iterations_and_the_table_is_built(tmp_pat
     assert burst["zero_lost"] and burst["order_kept"] and burst["order"]["notes_per_chat"] == 2
     assert results["throughput"]["turns"] > 0 and results["throughput-text"]["turns"] > 0
     assert results["memory"]["idle_rss_mb"] > 0
-    assert results["context"]["samples"] == 50
+    assert results["context"]["samples"] == 50 and results["context"]["heap_frozen"]
     assert set(results["units"]["voice_turn_floor_cpu_ms"]) == {"httpx (PTB default)", "aiohttp (adapter)"}
 
     rows = run_all.rows_for(results)

@@ -51,11 +51,24 @@ async def test_text_turn_answers_with_text_and_an_ogg_voice_note(
     system = groq_fake.last_messages[0]
     assert system["role"] == "system" and "Voicebot" in system["content"]
     body = groq_fake.chat_requests[-1].json
-    assert body["model"] == "llama-3.1-8b-instant" and body["stream"] is True
+    assert body["model"] == "llama-3.1-8b-instant"
+    assert body["stream"] is False  # nobody watches this sink's text grow: one completion
     tts = elevenlabs_fake.requests_to("/v1/text-to-speech/")[-1]
     assert tts.query["output_format"] == "opus_48000_64"
     assert tts.json["model_id"] == "eleven_flash_v2_5" and tts.json["text"] == reply.text
 
+
+
+async def test_a_sink_that_shows_text_as_it_grows_gets_the_answer_token_by_token(
+    make_bot: Callable, groq_fake: FakeGroq
+) -> None:
+    bot = await make_bot()
+    sink = SilentSink(streams_text=True)
+    assert await bot.handle(msg("stream it"), sink) is Outcome.ANSWERED
+    assert groq_fake.chat_requests[-1].json["stream"] is True
+    answer = sink.replies[0].text
+    assert len(sink.deltas) > 3 and sink.deltas[-1].strip() == answer
+    assert all(later.startswith(earlier) for earlier, later in zip(sink.deltas, sink.deltas[1:]))
 
 async def test_voice_turn_uploads_ogg_named_ogg_and_keeps_the_language(
     make_bot: Callable, groq_fake: FakeGroq

@@ -142,6 +142,26 @@ async def test_a_5xx_on_the_voice_note_keeps_the_text_and_answers_once(
     await telegram_fake.wait_for_sent(chat, kind="voice", timeout=20)
 
 
+async def test_a_failed_final_edit_beside_the_voice_note_sends_the_text_anew_once(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+) -> None:
+    """The streamed message's last edit goes out beside the voice note; if Telegram refuses
+    it, the whole answer follows as a new message, and nothing is sent twice."""
+    groq_fake.token_delay = 0.02
+    bot = await start_telegram_bot()
+    telegram_fake.fail_next("editMessageText", 500, times=100)
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "edit me if you can")
+    await telegram_fake.wait_for_sent(chat, kind="voice", timeout=20)
+    await settled(bot, telegram_fake)
+    assert len(telegram_fake.sent_to(chat, "voice")) == 1
+    texts = telegram_fake.texts(chat)
+    assert len(texts) == 2  # the streamed start, then the whole answer
+    assert "You said: edit me if you can" in texts[-1] and texts[0] != texts[-1]
+    assert len(groq_fake.chat_requests) == 1
+    assert telegram_fake.requests_to("/editMessageText")  # it was tried
+
+
 async def test_a_dropped_connection_while_sending_is_retried_without_asking_the_llm_again(
     start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq, monkeypatch: pytest.MonkeyPatch
 ) -> None:

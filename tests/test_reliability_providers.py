@@ -66,8 +66,9 @@ def msg(text: str | None = None, *, audio: bytes | None = None, **kw: Any) -> In
     return IncomingMessage(**values)
 
 
-async def turn(bot: VoiceBot, message: IncomingMessage) -> tuple[Outcome, SilentSink, float]:
-    sink = SilentSink()
+async def turn(bot: VoiceBot, message: IncomingMessage, *, streams: bool = False) -> tuple[Outcome, SilentSink, float]:
+    """One turn; ``streams``: the sink shows the answer as it grows (the LLM is asked to stream)."""
+    sink = SilentSink(streams_text=streams)
     started = time.monotonic()
     outcome = await bot.handle(message, sink)
     return outcome, sink, time.monotonic() - started
@@ -226,17 +227,18 @@ def _stt_truncated(groq: FakeGroq, _: FakeElevenLabs) -> None:
     groq.truncate_next("/audio/transcriptions", times=10)
 
 
+@pytest.mark.parametrize("streams", [True, False], ids=["streamed", "one-completion"])
 @pytest.mark.parametrize(
     "inject", [_llm_truncated, _llm_html, _llm_garbage_events, _stt_html, _stt_truncated],
-    ids=["llm-truncated-stream", "llm-html-as-json", "llm-garbage-events", "stt-html-as-json", "stt-truncated"],
+    ids=["llm-truncated", "llm-html-as-json", "llm-garbage-events", "stt-html-as-json", "stt-truncated"],
 )
 async def test_broken_bodies_get_a_clear_reply_and_bounded_retries(
     make_bot: Callable[..., Any], groq_fake: FakeGroq, elevenlabs_fake: FakeElevenLabs,
-    inject: Callable[[FakeGroq, FakeElevenLabs], None],
+    inject: Callable[[FakeGroq, FakeElevenLabs], None], streams: bool,
 ) -> None:
     bot = await make_bot(provider_retries=1, voice_replies=False)
     inject(groq_fake, elevenlabs_fake)
-    outcome, sink, _ = await turn(bot, msg(audio=tone_ogg(1.0, seed=51)))
+    outcome, sink, _ = await turn(bot, msg(audio=tone_ogg(1.0, seed=51)), streams=streams)
     assert outcome is Outcome.NOTICE
     assert_clear(sink.replies[0].text)
     assert len(groq_fake.requests) <= 3  # never more than one try and one retry per stage
@@ -266,7 +268,7 @@ async def test_streamed_events_parse_with_any_line_ending_and_comments(
             + _event(_chunk("!", "stop"), newline=b"\r\n") + b"data: [DONE]\r\n\r\n" + _event(_chunk(" ignored")))
     bot = await make_bot(provider_retries=0, voice_replies=False)
     groq_fake.bad_body_next("/chat/completions", body=body, content_type="text/event-stream")
-    outcome, sink, _ = await turn(bot, msg("hi"))
+    outcome, sink, _ = await turn(bot, msg("hi"), streams=True)
     assert outcome is Outcome.ANSWERED and sink.replies[0].text == "Hello there!"
 
 
@@ -274,7 +276,7 @@ async def test_an_error_event_mid_stream_gets_a_clear_reply(make_bot: Callable[.
     body = _event(_chunk("Partial")) + _event({"error": {"message": "model overloaded", "type": "server_error"}}, "error")
     bot = await make_bot(provider_retries=1, voice_replies=False)
     groq_fake.bad_body_next("/chat/completions", body=body, content_type="text/event-stream", times=5)
-    outcome, sink, _ = await turn(bot, msg("hi"))
+    outcome, sink, _ = await turn(bot, msg("hi"), streams=True)
     assert outcome is Outcome.NOTICE
     assert_clear(sink.replies[0].text)
     assert len(groq_fake.chat_requests) == 1  # tokens were shown: never retried into a second answer

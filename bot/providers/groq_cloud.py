@@ -77,12 +77,16 @@ def classify_groq_error(exc: BaseException) -> ProviderError | None:
     if isinstance(exc, httpx.TransportError):
         return ProviderError("groq", f"connection cut: {type(exc).__name__}", retryable=True,
                              user_message="I can't reach the AI service right now. Please try again soon.")
-    if isinstance(exc, (groq.APIResponseValidationError, json.JSONDecodeError)) or _no_chunks(exc):
+    if isinstance(exc, (groq.APIResponseValidationError, json.JSONDecodeError, MalformedAnswer)) or _no_chunks(exc):
         # The SDK lets a 200 whose body is not JSON (a proxy's HTML page) through raw; as a
         # stream it yields nothing, and LangChain then reports that no chunks came.
         return ProviderError("groq", "malformed response", retryable=True,
                              user_message="The AI service answered with garbage. Please try again.")
     return None
+
+
+class MalformedAnswer(ValueError):
+    """A 200 whose body is not a chat completion (a proxy's page, an event stream unasked for)."""
 
 
 def _no_chunks(exc: BaseException) -> bool:
@@ -245,7 +249,7 @@ class PlainJSONCompletions(AsyncCompletions):
     ) -> Any:
         body = {"messages": messages, "model": model, "stream": bool(stream)}
         body.update((k, v) for k, v in params.items() if not isinstance(v, (NotGiven, Omit)))
-        return await self._post(
+        answer = await self._post(
             "/openai/v1/chat/completions",
             body=body,
             options=make_request_options(
@@ -255,6 +259,9 @@ class PlainJSONCompletions(AsyncCompletions):
             stream=bool(stream),
             stream_cls=PlainEventStream,
         )
+        if not stream and not isinstance(answer, dict):  # the SDK hands a non-JSON body back as text
+            raise MalformedAnswer(f"a {type(answer).__name__} body where a chat completion belongs")
+        return answer
 
 
 def build_groq_chat_model(settings: Settings, http_client: httpx.AsyncClient) -> BaseChatModel:
