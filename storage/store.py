@@ -176,6 +176,19 @@ def _insert(connection: Connection, table: Any) -> Any:
     return (pg_insert if connection.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
+_BUILT: dict[tuple[str, str], Any] = {}
+
+
+def _built(connection: Connection, name: str, build: Callable[[Connection], Any]) -> Any:
+    """A statement with bind parameters, built once per dialect: building an INSERT ... ON
+    CONFLICT and its cache key every time cost more CPU than running it (bench/bench_units.py)."""
+    key = (connection.dialect.name, name)
+    statement = _BUILT.get(key)
+    if statement is None:
+        statement = _BUILT[key] = build(connection)
+    return statement
+
+
 _SELECT_CHAT_ID = select(CHATS.c.id).where(
     CHATS.c.platform == bindparam("platform"), CHATS.c.chat_key == bindparam("chat_key")
 )
@@ -190,6 +203,11 @@ _SELECT_RECENT = (
     .where(MESSAGES.c.chat_id == bindparam("chat_id"))
     .order_by(MESSAGES.c.id.desc())
     .limit(bindparam("limit"))
+)
+_INBOX_DONE = (
+    update(INBOX)
+    .where(INBOX.c.platform == bindparam("b_platform"), INBOX.c.key == bindparam("b_key"))
+    .values(done=True, payload="")
 )
 _SELECT_RECENT_EXCLUDING = _SELECT_RECENT.where(
     or_(MESSAGES.c.turn_id.is_(None), MESSAGES.c.turn_id != bindparam("exclude_turn"))
@@ -216,12 +234,22 @@ def _q_chat_settings(connection: Connection, chat_id: int) -> ChatSettings:
     return ChatSettings(chat_id, voice, speaker, persona, video, transcript, dict(extra or {}))
 
 
-def _q_begin_turn(connection: Connection, chat_id: int, message_id: str, user_key: str) -> TurnRecord:
-    new_id = connection.execute(
+def _build_begin_turn(connection: Connection) -> Any:
+    return (
         _insert(connection, TURNS)
-        .values(chat_id=chat_id, message_id=message_id, user_key=user_key, state=TurnState.RECEIVED.value)
+        .values(
+            chat_id=bindparam("chat_id"), message_id=bindparam("message_id"),
+            user_key=bindparam("user_key"), state=bindparam("state"),
+        )
         .on_conflict_do_nothing(index_elements=[TURNS.c.chat_id, TURNS.c.message_id])
         .returning(TURNS.c.id)
+    )
+
+
+def _q_begin_turn(connection: Connection, chat_id: int, message_id: str, user_key: str) -> TurnRecord:
+    new_id = connection.execute(
+        _built(connection, "begin turn", _build_begin_turn),
+        {"chat_id": chat_id, "message_id": message_id, "user_key": user_key, "state": TurnState.RECEIVED.value},
     ).scalar()
     if new_id is not None:
         return TurnRecord(int(new_id), chat_id, TurnState.RECEIVED, is_new=True)
@@ -253,23 +281,39 @@ def _q_recent(connection: Connection, chat_id: int, limit: int, exclude_turn: in
     return [StoredMessage(role, content, tokens, name) for role, content, tokens, name in reversed(rows)]
 
 
-def _usage_upsert(connection: Connection, platform: str, user_key: str, day: dt.date | None, **values: float) -> Any:
-    day = day or dt.datetime.now(dt.UTC).date()
-    values = {name: values.get(name, 0) for name in ("turns", "audio_seconds", "tokens", "tts_chars")}
-    stmt = _insert(connection, USAGE).values(platform=platform, user_key=user_key, day=day, **values)
+_USAGE_FIELDS = ("turns", "audio_seconds", "tokens", "tts_chars")
+
+
+def _build_usage_add(connection: Connection) -> Any:
+    stmt = _insert(connection, USAGE).values(
+        platform=bindparam("platform"), user_key=bindparam("user_key"), day=bindparam("day"),
+        **{name: bindparam(name) for name in _USAGE_FIELDS},
+    )
     return stmt.on_conflict_do_update(
         index_elements=[USAGE.c.platform, USAGE.c.user_key, USAGE.c.day],
-        set_={name: USAGE.c[name] + stmt.excluded[name] for name in values},
+        set_={name: USAGE.c[name] + stmt.excluded[name] for name in _USAGE_FIELDS},
     )
 
 
-def _q_inbox_put(connection: Connection, platform: str, rows: list[dict[str, Any]]) -> int:
-    stmt = (
+def _q_usage_add(
+    connection: Connection, platform: str, user_key: str, day: dt.date | None, **values: float
+) -> None:
+    """Add to a user's totals for ``day`` (today, UTC, by default)."""
+    params: dict[str, Any] = {name: values.get(name, 0) for name in _USAGE_FIELDS}
+    params.update(platform=platform, user_key=user_key, day=day or dt.datetime.now(dt.UTC).date())
+    connection.execute(_built(connection, "usage add", _build_usage_add), params)
+
+
+def _build_inbox_put(connection: Connection) -> Any:
+    return (
         _insert(connection, INBOX)
         .on_conflict_do_nothing(index_elements=[INBOX.c.platform, INBOX.c.key])
         .returning(INBOX.c.key)
     )
-    return len(connection.execute(stmt, rows).all())
+
+
+def _q_inbox_put(connection: Connection, platform: str, rows: list[dict[str, Any]]) -> int:
+    return len(connection.execute(_built(connection, "inbox put", _build_inbox_put), rows).all())
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -490,10 +534,8 @@ class HistoryStore:
     async def inbox_done(self, platform: str, key: str) -> None:
         """Mark an update handled and drop its payload: the message text is not kept in the
         inbox once answered (``/reset`` must not leave it there); the key stays until pruned."""
-        stmt = (
-            update(INBOX).where(INBOX.c.platform == platform, INBOX.c.key == key).values(done=True, payload="")
-        )
-        await self._runner.run(lambda c: c.execute(stmt))
+        params = {"b_platform": platform, "b_key": key}
+        await self._runner.run(lambda c: c.execute(_INBOX_DONE, params))
 
     # --- usage -------------------------------------------------------------------------------
 
@@ -508,9 +550,9 @@ class HistoryStore:
         tts_chars: int = 0,
         day: dt.date | None = None,
     ) -> None:
-        await self._runner.run(lambda c: c.execute(_usage_upsert(
+        await self._runner.run(lambda c: _q_usage_add(
             c, platform, user_key, day, turns=turns, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars
-        )))
+        ))
 
     async def finish_turn(
         self,
@@ -526,10 +568,10 @@ class HistoryStore:
 
         def work(connection: Connection) -> None:
             connection.execute(_SET_TURN_STATE, {"turn_id": turn_id, "state": TurnState.DELIVERED.value})
-            connection.execute(_usage_upsert(
+            _q_usage_add(
                 connection, platform, user_key, None,
                 turns=1, audio_seconds=audio_seconds, tokens=tokens, tts_chars=tts_chars,
-            ))
+            )
 
         await self._runner.run(work)
 
