@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 #: A chat action shows for about 5 s; it is sent again this often while the stage lasts.
 ACTION_REFRESH = 4.0
+#: A stage shows its chat action only once it has lasted this long. Telegram asks bots to use
+#: chat actions "only when a response from the bot will take a noticeable amount of time";
+#: a stage that ends sooner (an upload of a short voice note, a quick answer) costs no call.
+ACTION_GRACE = 0.2
 #: A chat action loop ends by itself after this long, even if nobody stops it.
 ACTION_MAX_SECONDS = 120.0
 #: Uploads get more time than ordinary calls.
@@ -59,27 +63,45 @@ class Destination:
 class ChatActionLoop:
     """Keeps one chat action ("typing", "recording a voice message"...) showing.
 
-    :meth:`show` sends the action now and every :data:`ACTION_REFRESH` seconds until
-    :meth:`stop`, another :meth:`show`, or ``lasting`` seconds. A chat action is decoration:
-    failures are logged at debug level and a 429 only delays the next one.
+    :meth:`show` sends the action once it has been wanted for :data:`ACTION_GRACE` seconds,
+    then every :data:`ACTION_REFRESH` seconds until :meth:`stop`, another :meth:`show`, or
+    ``lasting`` seconds. A chat action is decoration: failures are logged at debug level and a
+    429 only delays the next one.
     """
 
     def __init__(self, bot: Bot, to: Destination) -> None:
         self._bot = bot
         self._to = to
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.action: str | None = None
 
+    @property
+    def active(self) -> bool:
+        """An action is waiting out its grace or being shown."""
+        return self._timer is not None or (self._task is not None and not self._task.done())
+
     def show(self, action: str, lasting: float = ACTION_MAX_SECONDS) -> None:
-        if action == self.action and self._task is not None and not self._task.done():
+        if action == self.action and self.active:
             return
         self.stop()
         self.action = action
+        grace = ACTION_GRACE
+        if grace > 0:
+            self._timer = asyncio.get_running_loop().call_later(grace, self._start, action, max(0.0, lasting - grace))
+        else:
+            self._start(action, lasting)
+
+    def _start(self, action: str, lasting: float) -> None:
+        self._timer = None
         self._task = asyncio.create_task(self._run(action, lasting), name=f"telegram-action-{self._to.chat_id}")
 
     def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
+        self._timer = None
         self._task = None
         self.action = None
 
@@ -246,7 +268,6 @@ class TelegramReplySink:
 
     async def deliver_video(self, video: Video, reply: Reply) -> None:
         self._actions.show(ChatAction.UPLOAD_VIDEO)
-        await asyncio.sleep(0)  # the action goes out before the upload
         try:
             await self._bot.send_video(
                 self._to.chat_id, video.data, filename="reply.mp4", supports_streaming=True,
@@ -331,8 +352,7 @@ class TelegramReplySink:
         voice_out.result()
 
     async def _send_voice(self, voice: VoiceNote) -> None:
-        self._actions.show(ChatAction.UPLOAD_VOICE)
-        await asyncio.sleep(0)  # let "sending a voice message" out before the upload itself
+        self._actions.show(ChatAction.UPLOAD_VOICE)  # shown if the upload takes a while
         try:
             await self._bot.send_voice(
                 self._to.chat_id, voice.data, duration=max(1, round(voice.duration)), filename="reply.ogg",

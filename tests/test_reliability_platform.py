@@ -260,6 +260,7 @@ async def test_no_chat_action_lingers_after_a_failed_avatar_clip(
     await did_fake.wait_for_requests(1, "/talks", timeout=10)
     await asyncio.sleep(0.5)  # the failure is logged; the action must stop with it
     shown = len(telegram_fake.actions_in(chat))
+    assert "record_video" in telegram_fake.actions_in(chat)  # it was showing
     await asyncio.sleep(0.6)
     assert len(telegram_fake.actions_in(chat)) == shown, telegram_fake.actions_in(chat)[-8:]
     assert telegram_fake.sent_to(chat, "video") == []
@@ -278,6 +279,7 @@ async def test_no_chat_action_lingers_after_a_turn_that_failed(
     assert "trouble" in notice.text
     await asyncio.sleep(0.3)
     shown = len(telegram_fake.actions_in(chat))
+    assert "typing" in telegram_fake.actions_in(chat)  # it was showing
     await asyncio.sleep(0.5)
     assert len(telegram_fake.actions_in(chat)) == shown
 

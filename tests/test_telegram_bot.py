@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.fakes import audio_samples
+from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.groq import FakeGroq, content_text, default_reply
 from tests.fakes.telegram_api import FakeTelegram, utf16_len
 from tests.fakes.telegram_plugin import RunningTelegramBot, StartBot
@@ -35,8 +36,12 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 async def test_private_voice_note_gets_text_and_a_voice_note(
-    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq, elevenlabs_fake: FakeElevenLabs
 ) -> None:
+    # Each stage lasts long enough to show its chat action (ACTION_GRACE is 0.2 s).
+    groq_fake.latency["stt"] = 0.4
+    elevenlabs_fake.latency["tts"] = 0.4
+    telegram_fake.latency["sendVoice"] = 0.4
     await start_telegram_bot()
     user, chat = telegram_fake.new_private_chat("Alice")
     voice = audio_samples.tone_ogg(2.0)
@@ -54,8 +59,27 @@ async def test_private_voice_note_gets_text_and_a_voice_note(
     info = audio_samples.probe(note.file.data)
     assert info.audio_codec == "opus" and info.duration > 0.4
     assert note.duration == max(1, round(info.duration))
-    assert {"typing", "record_voice", "upload_voice"} <= set(telegram_fake.actions_in(chat))
+    assert telegram_fake.actions_in(chat) == ["typing", "record_voice", "upload_voice"]
     assert "voice.ogg" in (groq_fake.transcription_requests[0].files["file"].filename or "")
+
+
+async def test_a_quick_answer_shows_no_chat_action(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+) -> None:
+    """Telegram asks for chat actions only when an answer takes noticeable time: stages that
+    end within ACTION_GRACE cost no call, a slow one shows its action while it lasts."""
+    await start_telegram_bot(stream_text=False)
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "quick one")
+    await telegram_fake.wait_for_sent(chat, kind="voice", timeout=20)
+    await asyncio.sleep(0.4)  # past the grace: nothing was left waiting to go out
+    assert telegram_fake.actions_in(chat) == []
+
+    groq_fake.latency["chat"] = 0.5
+    telegram_fake.send_text(chat, user, "slow one")
+    await telegram_fake.wait_for_sent(chat, 2, kind="voice", timeout=20)
+    await asyncio.sleep(0.4)
+    assert telegram_fake.actions_in(chat) == ["typing"]
 
 
 async def test_reset_forgets_the_conversation(
@@ -163,6 +187,7 @@ async def test_forum_topic_replies_stay_in_their_thread(
     forum, user = telegram_fake.group("Forum", forum=True), telegram_fake.user()
     voice = audio_samples.tone_ogg(1.0, seed=9)
     groq_fake.set_transcript(voice, "Voicebot, summarise this topic")
+    groq_fake.latency["chat"] = 0.4  # long enough to show "typing"
     telegram_fake.send_voice(forum, user, voice, thread_id=77)
     await telegram_fake.wait_for_sent(forum, kind="voice", timeout=20)
 
