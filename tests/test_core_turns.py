@@ -84,6 +84,7 @@ async def test_voice_turn_uploads_ogg_named_ogg_and_keeps_the_language(
     upload = groq_fake.transcription_requests[-1]
     assert upload.files["file"].filename == "voice.ogg"
     assert upload.form["model"] == "whisper-large-v3-turbo"
+    assert upload.form["response_format"] == "verbose_json"  # the only format that names the language
     assert upload.files["file"].data == audio  # no transcoding on the way in
 
 
