@@ -27,6 +27,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,10 +104,12 @@ async def run(args: argparse.Namespace) -> dict:
         single = statistics.median(singles)
         watch = LoadWatch()
         cpu_start = session.bot.cpu_seconds()
+        calls_before = Counter(session.telegram.calls)
         session.bot.start_profile()
         burst = await wave(session, args.chats, 1, "Burst", args.timeout)
         session.bot.stop_profile()
         cpu = session.bot.cpu_seconds() - cpu_start
+        calls = session.telegram.calls - calls_before
         rss = session.bot.rss_mb()
         loads = watch.result()
         await asyncio.sleep(1.0)
@@ -117,7 +120,8 @@ async def run(args: argparse.Namespace) -> dict:
         "telegram_pacing": bool(args.telegram_pacing),
         "single_turn_seconds": round(single, 4), "single_turns": [round(s, 4) for s in singles],
         "burst": burst, "ratio": round(ratio, 3), "goal_ratio": GOAL_RATIO,
-        "bot_cpu_seconds_during_burst": round(cpu, 2), "bot_rss_mb_after_burst": round(rss, 1),
+        "bot_cpu_seconds_during_burst": round(cpu, 2),
+        "bot_api_calls_per_turn": {method: round(n / args.chats, 2) for method, n in calls.most_common()}, "bot_rss_mb_after_burst": round(rss, 1),
         "order": order,
         "zero_lost": burst["lost_or_incomplete"] == 0 and (order is None or order["lost_or_incomplete"] == 0),
         "order_kept": burst["out_of_order"] == 0 and (order is None or order["out_of_order"] == 0),
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("lost", f"{b['lost_or_incomplete']}" + (f" + {o['lost_or_incomplete']} in the order wave" if o else "")),
         ("order kept", f"{result['order_kept']}" + (f" ({o['chats']} chats x {o['notes_per_chat']} notes too)" if o else "")),
         ("bot CPU during burst", f"{result['bot_cpu_seconds_during_burst']:.1f} s ({result['bot_cpu_seconds_during_burst'] * 1000 / args.chats:.0f} ms per turn)"),
+        ("Bot API calls per turn", "  ".join(f"{m} {n:g}" for m, n in result["bot_api_calls_per_turn"].items())),
     ])
     return result
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -333,6 +333,7 @@ class BenchTelegram(Timed, FakeTelegram):
     def __init__(self) -> None:
         super().__init__()
         self.arrivals: dict[int, list[Arrival]] = defaultdict(list)
+        self.calls: Counter[str] = Counter()  # Bot API calls by method, answered or not
         self.pushed_at: dict[int, float] = {}  # update_id -> perf_counter
         self._wake: asyncio.Event | None = None
         self._watchers: list[tuple[Any, asyncio.Future[None]]] = []
@@ -369,6 +370,7 @@ class BenchTelegram(Timed, FakeTelegram):
 
     async def _record(self, request: Any, endpoint: str) -> RecordedRequest:
         recorded = await super()._record(request, endpoint)
+        self.calls[endpoint] += 1
         if endpoint not in ("getUpdates", "setMyCommands", "getMe", "deleteWebhook"):
             self.requests.pop()  # keep what start-up checks read; drop the bulk (bodies, uploads)
         return recorded
