@@ -204,13 +204,13 @@ _SELECT_RECENT = (
     .order_by(MESSAGES.c.id.desc())
     .limit(bindparam("limit"))
 )
+_SELECT_RECENT_EXCLUDING = _SELECT_RECENT.where(
+    or_(MESSAGES.c.turn_id.is_(None), MESSAGES.c.turn_id != bindparam("exclude_turn"))
+)
 _INBOX_DONE = (
     update(INBOX)
     .where(INBOX.c.platform == bindparam("b_platform"), INBOX.c.key == bindparam("b_key"))
     .values(done=True, payload="")
-)
-_SELECT_RECENT_EXCLUDING = _SELECT_RECENT.where(
-    or_(MESSAGES.c.turn_id.is_(None), MESSAGES.c.turn_id != bindparam("exclude_turn"))
 )
 
 
