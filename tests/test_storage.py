@@ -148,3 +148,53 @@ async def test_history_survives_a_new_store_on_the_same_file(tmp_path: Path) -> 
     await second.migrate()
     assert [m.content for m in await second.recent_messages(await second.chat_id("local", "x"))] == ["remember me"]
     await second.aclose()
+
+
+async def test_a_failed_transaction_reaches_its_caller_and_the_store_goes_on(store: HistoryStore) -> None:
+    chat = await store.chat_id("telegram", "7")
+    with pytest.raises(Exception, match="(?i)foreign key"):
+        await store.add_message(chat + 1000, "user", "to a chat that does not exist")
+    await store.add_message(chat, "user", "still here")
+    assert [m.content for m in await store.recent_messages(chat)] == ["still here"]
+
+
+async def test_sqlite_runs_transactions_in_the_order_they_were_asked_for(tmp_path: Path) -> None:
+    store = HistoryStore.from_url(f"sqlite:///{tmp_path / 'order.db'}")
+    await store.migrate()
+    chat = await store.chat_id("telegram", "1")
+    await asyncio.gather(*(store.add_message(chat, "user", str(i)) for i in range(200)))
+    assert [m.content for m in await store.recent_messages(chat, 200)] == [str(i) for i in range(200)]
+    await store.aclose()
+
+
+async def test_sqlite_a_cancelled_caller_does_not_stop_the_store(tmp_path: Path) -> None:
+    store = HistoryStore.from_url(f"sqlite:///{tmp_path / 'cancel.db'}")
+    await store.migrate()
+    chat = await store.chat_id("telegram", "1")
+    waiting = [asyncio.ensure_future(store.add_message(chat, "user", str(i))) for i in range(50)]
+    await asyncio.sleep(0)  # every transaction is queued
+    for task in waiting[::2]:
+        task.cancel()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 25
+    # A queued transaction runs even when its caller stopped waiting: nothing half-done.
+    assert len(await store.recent_messages(chat, 100)) == 50
+    await store.add_message(chat, "user", "after")
+    assert (await store.recent_messages(chat, 1))[0].content == "after"
+    await store.aclose()
+
+
+async def test_sqlite_closing_finishes_what_was_asked_for_then_refuses_more(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'close.db'}"
+    store = HistoryStore.from_url(url)
+    await store.migrate()
+    chat = await store.chat_id("telegram", "1")
+    pending = [asyncio.ensure_future(store.add_message(chat, "user", str(i))) for i in range(20)]
+    await asyncio.sleep(0)
+    await store.aclose()
+    await asyncio.gather(*pending)
+    with pytest.raises(RuntimeError, match="closed"):
+        await store.add_message(chat, "user", "too late")
+    reopened = HistoryStore.from_url(url)
+    assert len(await reopened.recent_messages(chat, 100)) == 20
+    await reopened.aclose()
