@@ -123,6 +123,78 @@ async def provider_costs(rounds: int, providers: ProviderFakes, note: bytes) -> 
     return costs
 
 
+async def library_costs(rounds: int, providers: ProviderFakes, note: bytes) -> dict[str, dict[str, float]]:
+    """What the client libraries add on top of the HTTP they send: each provider call made by
+    the bot's provider class next to the same request made with plain aiohttp (the same fake,
+    the same body and answer), and the LangChain prompt a turn builds from a full history.
+
+    Not a proposal to drop the SDKs (their auth, errors and retries are what the providers
+    document); it shows how much of a turn's CPU no code of ours can remove.
+    """
+    import aiohttp
+
+    from bot.context import build_messages
+    from storage.store import StoredMessage
+
+    settings = Settings(_env_file=None, groq_api_key="gsk_bench", groq_base_url=providers.urls["groq"],
+                        elevenlabs_api_key="el_bench", elevenlabs_base_url=providers.urls["elevenlabs"])
+    closers: list = []
+    llm = build_llm("groq", settings, closers)
+    stt, tts = GroqWhisperSTT(settings), ElevenLabsTTS(settings)
+    history = [StoredMessage("user" if i % 2 == 0 else "assistant", REPLY, 30) for i in range(200)]
+    prompt = build_messages("You are Voicebot, a friendly voice assistant.", history[-40:], "q", budget=6000)
+    body = {"model": settings.llm_model, "stream": False,
+            "messages": [{"role": "user" if m.type == "human" else m.type, "content": m.content} for m in prompt]}
+    spoken = to_spoken_text(REPLY, 1500)
+    groq_url = f"{providers.urls['groq']}/openai/v1"
+    eleven_url = (f"{providers.urls['elevenlabs']}/v1/text-to-speech/{settings.elevenlabs_voice_id}"
+                  f"?output_format={settings.elevenlabs_output_format}")
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer gsk_bench"}) as http:
+
+        async def plain_whisper() -> None:
+            form = aiohttp.FormData()
+            form.add_field("model", settings.stt_model)
+            form.add_field("response_format", "verbose_json")
+            form.add_field("temperature", "0.0")
+            form.add_field("file", note, filename="voice.ogg", content_type="audio/ogg")
+            async with http.post(f"{groq_url}/audio/transcriptions", data=form) as response:
+                response.raise_for_status()
+                assert (await response.json())["text"]
+
+        async def plain_chat() -> None:
+            async with http.post(f"{groq_url}/chat/completions", json=body) as response:
+                response.raise_for_status()
+                assert (await response.json())["choices"][0]["message"]["content"] == REPLY
+
+        async def plain_tts() -> None:
+            async with http.post(eleven_url, json={"text": spoken, "model_id": settings.elevenlabs_model_id},
+                                 headers={"xi-api-key": "el_bench"}) as response:
+                response.raise_for_status()
+                assert (await response.read()).startswith(b"OggS")
+
+        costs = {
+            "Groq Whisper": {"library": await cpu_ms(rounds, lambda: stt.transcribe(Audio(data=note))),
+                             "plain aiohttp": await cpu_ms(rounds, plain_whisper)},
+            "Groq chat, 41 messages, one answer": {"library": await cpu_ms(rounds, lambda: llm.ainvoke(prompt)),
+                                                   "plain aiohttp": await cpu_ms(rounds, plain_chat)},
+            "ElevenLabs": {"library": await cpu_ms(rounds, lambda: tts.synthesize(spoken)),
+                           "plain aiohttp": await cpu_ms(rounds, plain_tts)},
+        }
+    costs["LangChain prompt, 200-message history"] = {"library": await cpu_ms(rounds, _sync(lambda: build_messages(
+        "You are Voicebot, a friendly voice assistant.", history, "q", budget=6000)))}
+    await stt.aclose()
+    await tts.aclose()
+    for close in closers:
+        await close()
+    return costs
+
+
+def _sync(work: Callable[[], object]) -> Callable[[], Awaitable[object]]:
+    async def op() -> object:
+        return work()
+    return op
+
+
 async def run(rounds: int) -> dict:
     from tests.fakes import audio_samples
 
@@ -139,14 +211,19 @@ async def run(rounds: int) -> dict:
         server.wait(10)
     db = await db_costs(rounds)
     with ProviderFakes(Latencies.zero()) as providers:
-        provider = await provider_costs(rounds // 2, providers, audio_samples.beeps_ogg(3.0, seed=5))
+        note = audio_samples.beeps_ogg(3.0, seed=5)
+        provider = await provider_costs(rounds // 2, providers, note)
+        libraries = await library_costs(rounds // 2, providers, note)
     floors = {}
     for name, calls in telegram.items():
         api = (calls["sendChatAction"] * 3 + calls["sendMessage"] * 3 + calls["getFile + download"]
                + calls["sendVoice (55 kB)"])
         floors[name] = round(api + sum(db.values()) + sum(provider.values()), 2)
+    sdk_tax = sum(pair["library"] - pair["plain aiohttp"] for pair in libraries.values() if "plain aiohttp" in pair)
     return {"rounds": rounds, "host": machine(), **watch.result(), "telegram_cpu_ms": telegram,
-            "db_cpu_ms": db, "provider_cpu_ms": provider, "voice_turn_floor_cpu_ms": floors}
+            "sdk_over_plain_http_cpu_ms": round(sdk_tax, 2),
+            "db_cpu_ms": db, "provider_cpu_ms": provider, "library_cpu_ms": libraries,
+            "voice_turn_floor_cpu_ms": floors}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -160,6 +237,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append((f"Bot API, {client}", "  ".join(f"{k} {v:.2f}" for k, v in calls.items())))
     rows.append(("DB transaction (SQLite)", "  ".join(f"{k} {v:.2f}" for k, v in result["db_cpu_ms"].items())))
     rows.append(("providers", "  ".join(f"{k} {v:.2f}" for k, v in result["provider_cpu_ms"].items())))
+    for call, pair in result["library_cpu_ms"].items():
+        rows.append((f"{call}", "  ".join(f"{k} {v:.2f}" for k, v in pair.items())))
     for client, floor in result["voice_turn_floor_cpu_ms"].items():
         rows.append((f"voice turn floor, {client}", f"{floor:.1f} ms CPU -> at most {1000 / floor:.0f} turns/s per core"))
     print_table(f"CPU ms per building block, client side (load {result['load_start']})", rows)

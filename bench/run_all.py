@@ -113,6 +113,10 @@ def rows_for(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, st
         for client, floor in r["voice_turn_floor_cpu_ms"].items():
             add(f"CPU floor of a voice turn, Bot API on {client.split()[0]}",
                 f"{floor:.1f} ms (building blocks only; <= {1000 / floor:.0f} turns/s per core)", "", None, r)
+        if "sdk_over_plain_http_cpu_ms" in r:
+            prompt = r["library_cpu_ms"]["LangChain prompt, 200-message history"]["library"]
+            add("  of which the provider SDKs over plain HTTP / LangChain's prompt",
+                f"{r['sdk_over_plain_http_cpu_ms']:.1f} ms / {prompt:.1f} ms", "", None, r)
     if r := results.get("offline"):
         p50 = r["p50_seconds"]
         stages = " ".join(f"{k}={p50[k]:.2f}" for k in ("stt", "llm", "tts") if k in p50)

@@ -56,6 +56,9 @@ def test_every_bench_script_runs_a_few_iterations_and_the_table_is_built(tmp_pat
     assert results["memory"]["idle_rss_mb"] > 0
     assert results["context"]["samples"] == 50 and results["context"]["heap_frozen"]
     assert set(results["units"]["voice_turn_floor_cpu_ms"]) == {"httpx (PTB default)", "aiohttp (adapter)"}
+    libraries = results["units"]["library_cpu_ms"]
+    assert all(pair["library"] > 0 for pair in libraries.values())
+    assert sum("plain aiohttp" in pair for pair in libraries.values()) == 3
 
     rows = run_all.rows_for(results)
     figures = [row[0].strip() for row in rows]
