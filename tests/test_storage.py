@@ -198,3 +198,31 @@ async def test_sqlite_closing_finishes_what_was_asked_for_then_refuses_more(tmp_
     reopened = HistoryStore.from_url(url)
     assert len(await reopened.recent_messages(chat, 100)) == 20
     await reopened.aclose()
+
+
+def test_sqlite_hands_each_event_loop_its_own_results(tmp_path: Path) -> None:
+    """Two threads with an event loop each share one store: every answer reaches its own loop."""
+    import threading
+
+    store = HistoryStore.from_url(f"sqlite:///{tmp_path / 'loops.db'}")
+    asyncio.run(store.migrate())
+    errors: list[BaseException] = []
+
+    def client(name: str) -> None:
+        async def talk() -> None:
+            chat = await store.chat_id("telegram", name)
+            await asyncio.gather(*(store.add_message(chat, "user", f"{name}{i}") for i in range(100)))
+            assert [m.content for m in await store.recent_messages(chat, 100)] == [f"{name}{i}" for i in range(100)]
+
+        try:
+            asyncio.run(talk())
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    asyncio.run(store.aclose())
