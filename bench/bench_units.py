@@ -97,7 +97,17 @@ async def db_costs(rounds: int) -> dict[str, float]:
     return costs
 
 
-async def provider_costs(rounds: int, providers: ProviderFakes, note: bytes) -> dict[str, float]:
+async def provider_costs(
+    rounds: int, providers: ProviderFakes, note: bytes
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Each provider call through the bot's provider classes; and what the client libraries add
+    over the HTTP they send: the same requests (same body, same answer) made with plain aiohttp,
+    and the LangChain prompt a turn builds from a 200-message history."""
+    import aiohttp
+
+    from bot.context import build_messages
+    from storage.store import StoredMessage
+
     settings = Settings(_env_file=None, groq_api_key="gsk_bench", groq_base_url=providers.urls["groq"],
                         elevenlabs_api_key="el_bench", elevenlabs_base_url=providers.urls["elevenlabs"])
     closers: list = []
@@ -116,36 +126,10 @@ async def provider_costs(rounds: int, providers: ProviderFakes, note: bytes) -> 
         "Groq chat stream (20 tokens)": await cpu_ms(rounds, stream),
         "ElevenLabs call": await cpu_ms(rounds, lambda: tts.synthesize(spoken)),
     }
-    await stt.aclose()
-    await tts.aclose()
-    for close in closers:
-        await close()
-    return costs
 
-
-async def library_costs(rounds: int, providers: ProviderFakes, note: bytes) -> dict[str, dict[str, float]]:
-    """What the client libraries add on top of the HTTP they send: each provider call made by
-    the bot's provider class next to the same request made with plain aiohttp (the same fake,
-    the same body and answer), and the LangChain prompt a turn builds from a full history.
-
-    Not a proposal to drop the SDKs (their auth, errors and retries are what the providers
-    document); it shows how much of a turn's CPU no code of ours can remove.
-    """
-    import aiohttp
-
-    from bot.context import build_messages
-    from storage.store import StoredMessage
-
-    settings = Settings(_env_file=None, groq_api_key="gsk_bench", groq_base_url=providers.urls["groq"],
-                        elevenlabs_api_key="el_bench", elevenlabs_base_url=providers.urls["elevenlabs"])
-    closers: list = []
-    llm = build_llm("groq", settings, closers)
-    stt, tts = GroqWhisperSTT(settings), ElevenLabsTTS(settings)
-    history = [StoredMessage("user" if i % 2 == 0 else "assistant", REPLY, 30) for i in range(200)]
-    prompt = build_messages("You are Voicebot, a friendly voice assistant.", history[-40:], "q", budget=6000)
+    roles = {"system": "system", "human": "user", "ai": "assistant"}
     body = {"model": settings.llm_model, "stream": False,
-            "messages": [{"role": "user" if m.type == "human" else m.type, "content": m.content} for m in prompt]}
-    spoken = to_spoken_text(REPLY, 1500)
+            "messages": [{"role": roles[m.type], "content": m.content} for m in history]}
     groq_url = f"{providers.urls['groq']}/openai/v1"
     eleven_url = (f"{providers.urls['elevenlabs']}/v1/text-to-speech/{settings.elevenlabs_voice_id}"
                   f"?output_format={settings.elevenlabs_output_format}")
@@ -172,27 +156,24 @@ async def library_costs(rounds: int, providers: ProviderFakes, note: bytes) -> d
                 response.raise_for_status()
                 assert (await response.read()).startswith(b"OggS")
 
-        costs = {
-            "Groq Whisper": {"library": await cpu_ms(rounds, lambda: stt.transcribe(Audio(data=note))),
+        libraries = {
+            "Groq Whisper": {"library": costs["Groq Whisper call"],
                              "plain aiohttp": await cpu_ms(rounds, plain_whisper)},
-            "Groq chat, 41 messages, one answer": {"library": await cpu_ms(rounds, lambda: llm.ainvoke(prompt)),
+            "Groq chat, 41 messages, one answer": {"library": await cpu_ms(rounds, lambda: llm.ainvoke(history)),
                                                    "plain aiohttp": await cpu_ms(rounds, plain_chat)},
-            "ElevenLabs": {"library": await cpu_ms(rounds, lambda: tts.synthesize(spoken)),
-                           "plain aiohttp": await cpu_ms(rounds, plain_tts)},
+            "ElevenLabs": {"library": costs["ElevenLabs call"], "plain aiohttp": await cpu_ms(rounds, plain_tts)},
         }
-    costs["LangChain prompt, 200-message history"] = {"library": await cpu_ms(rounds, _sync(lambda: build_messages(
-        "You are Voicebot, a friendly voice assistant.", history, "q", budget=6000)))}
+    stored = [StoredMessage("user" if i % 2 == 0 else "assistant", REPLY, 30) for i in range(200)]
+
+    async def prompt() -> None:
+        build_messages("You are Voicebot, a friendly voice assistant.", stored, "q", budget=6000)
+
+    libraries["LangChain prompt, 200-message history"] = {"library": await cpu_ms(rounds, prompt)}
     await stt.aclose()
     await tts.aclose()
     for close in closers:
         await close()
-    return costs
-
-
-def _sync(work: Callable[[], object]) -> Callable[[], Awaitable[object]]:
-    async def op() -> object:
-        return work()
-    return op
+    return costs, libraries
 
 
 async def run(rounds: int) -> dict:
@@ -212,8 +193,7 @@ async def run(rounds: int) -> dict:
     db = await db_costs(rounds)
     with ProviderFakes(Latencies.zero()) as providers:
         note = audio_samples.beeps_ogg(3.0, seed=5)
-        provider = await provider_costs(rounds // 2, providers, note)
-        libraries = await library_costs(rounds // 2, providers, note)
+        provider, libraries = await provider_costs(rounds // 2, providers, note)
     floors = {}
     for name, calls in telegram.items():
         api = (calls["sendChatAction"] * 3 + calls["sendMessage"] * 3 + calls["getFile + download"]
