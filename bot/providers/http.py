@@ -53,10 +53,23 @@ class _CorrectedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
+#: Request bodies up to this size are read into one piece before they are sent.
+BUFFERED_BODY_BYTES = 8 * 1024 * 1024
+
+
 class ProviderTransport(AiohttpTransport):
-    """httpx-aiohttp's transport with connection errors named as httpcore names them."""
+    """httpx-aiohttp's transport with connection errors named as httpcore names them.
+
+    A multipart upload (a voice note to Whisper) is an httpx stream of small pieces, which
+    aiohttp writes to the socket one by one (17 writes for one note); read into one piece
+    first, it goes out in one, and the call costs ~0.15 ms less CPU (0.80-0.87 against
+    0.94-1.11 ms for a 13 kB note, four alternating rounds of 400 calls).
+    """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= BUFFERED_BODY_BYTES:
+            await request.aread()  # a no-op for a body that is one piece already (JSON)
         try:
             response = await super().handle_async_request(request)
         except httpx.TransportError as error:
