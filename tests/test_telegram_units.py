@@ -181,3 +181,24 @@ def test_voice_attachment_declares_duration_and_size() -> None:
     assert (attachment.format, attachment.declared_seconds, attachment.declared_bytes) == ("ogg", 7.0, 1234)
     incoming = to_incoming(message, ME)
     assert incoming.kind is ChatKind.PRIVATE and not incoming.mentioned and incoming.user_id == str(chat_user.id)
+
+
+@pytest.mark.parametrize("one_piece_limit", [8 * 1024 * 1024, 1024], ids=["one piece", "streamed"])
+async def test_an_upload_arrives_whole_sent_in_one_piece_or_streamed(
+    telegram_fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch, one_piece_limit: int
+) -> None:
+    """Voice notes go out encoded in one piece; bigger uploads stream. Telegram gets the same."""
+    from telegram import Bot
+
+    from adapters import telegram_http
+
+    monkeypatch.setattr(telegram_http, "ONE_PIECE_UPLOAD_BYTES", one_piece_limit)
+    _, chat = telegram_fake.new_private_chat()
+    voice = b"OggS" + bytes(range(256)) * 200
+    bot = Bot(telegram_fake.token, base_url=telegram_fake.api_base_url, base_file_url=telegram_fake.file_base_url,
+              request=telegram_http.AiohttpRequest())
+    async with bot:
+        sent = await bot.send_voice(chat.id, voice, duration=3, caption="hi")
+    assert sent.voice is not None and sent.caption == "hi"
+    [stored] = telegram_fake.sent_to(chat, "voice")
+    assert stored.file is not None and stored.file.data == voice
