@@ -120,8 +120,9 @@ class AiohttpRequest(BaseRequest):
             form.add_field(name, value)
         for name, (filename, content, mimetype) in files.items():
             form.add_field(name, content, filename=filename, content_type=mimetype)
-        sizes = [len(content) if isinstance(content, bytes | bytearray) else None for _, content, _ in files.values()]
-        if None in sizes or sum(sizes) > ONE_PIECE_UPLOAD_BYTES:  # type: ignore[arg-type]
+        contents = [content for _, content, _ in files.values()]
+        in_memory = all(isinstance(content, bytes | bytearray) for content in contents)
+        if not in_memory or sum(map(len, contents)) > ONE_PIECE_UPLOAD_BYTES:
             return form, {}
         writer = form()
         return await writer.as_bytes(), {"Content-Type": writer.content_type}
