@@ -32,6 +32,7 @@ from adapters.telegram_intake import (
     UpdateInbox,
     WebhookIntake,
 )
+from adapters.telegram_client import TelegramClient
 from adapters.telegram_http import AiohttpRequest
 from adapters.telegram_ratelimiter import ChatRateLimiter, period_seconds, sleep_unless
 from adapters.telegram_reply import Destination, TelegramReplySink
@@ -205,8 +206,11 @@ class TelegramAdapter:
         self.role = role
         self.settings: Settings = voicebot.settings
         self.application = application
+        if not isinstance(application.bot, TelegramClient):
+            raise TypeError("the Application's bot must be a TelegramClient (see build_application)")
+        self.client: TelegramClient = application.bot
         self.processor = application.update_processor
-        self.inbox = UpdateInbox(voicebot.store, application.bot)
+        self.inbox = UpdateInbox(voicebot.store, self.client)
         self.admins = AdminCache()
         self._attempts: dict[int, int] = {}  # update id -> deliveries tried and failed
         self._retries: dict[int, asyncio.Task[None]] = {}
@@ -219,7 +223,7 @@ class TelegramAdapter:
         return self.application.bot.bot
 
     def intake(self) -> PollingIntake | WebhookIntake:
-        bot, submit = self.application.bot, self.application.update_queue.put
+        bot, submit = self.client, self.application.update_queue.put
         if not self.settings.telegram_webhook_url:
             return PollingIntake(bot, self.inbox, submit)
         secret = Settings.secret(self.settings.telegram_webhook_secret) or secrets.token_urlsafe(32)
@@ -406,7 +410,7 @@ class TelegramAdapter:
     def sink_for(self, incoming: IncomingMessage) -> TelegramReplySink:
         addressed = not incoming.is_group or incoming.mentioned or incoming.replied_to_bot
         return TelegramReplySink(
-            self.application.bot,
+            self.client,
             Destination(
                 int(incoming.chat_id),
                 int(incoming.thread_id) if incoming.thread_id else None,
@@ -420,18 +424,21 @@ class TelegramAdapter:
 
 
 def build_application(settings: Settings, token: str) -> Application:
-    """The PTB Application: our rate limiter, update processor and HTTP client (aiohttp, see
-    ``telegram_http``), no PTB Updater (our intake)."""
+    """The PTB Application: our Bot API client (``telegram_client``) with our rate limiter and
+    HTTP client (aiohttp, see ``telegram_http``), our update processor, no PTB Updater (our intake)."""
+    client = TelegramClient(
+        token,
+        base_url=settings.telegram_base_url,
+        base_file_url=settings.telegram_base_file_url,
+        request=AiohttpRequest(read_timeout=15.0),
+        get_updates_request=AiohttpRequest(connection_pool_size=1),
+        rate_limiter=ChatRateLimiter(overall_per_second=settings.telegram_max_messages_per_second),
+    )
     return (
         Application.builder()
-        .token(token)
-        .base_url(settings.telegram_base_url)
-        .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(ChatRateLimiter(overall_per_second=settings.telegram_max_messages_per_second))
+        .bot(client)
         .concurrent_updates(ChatOrderedProcessor(settings.telegram_max_concurrent_turns))
         .updater(None)
-        .request(AiohttpRequest(read_timeout=15.0))
-        .get_updates_request(AiohttpRequest(connection_pool_size=1))
         .build()
     )
 

@@ -27,6 +27,7 @@ from telegram import Bot, Update
 from telegram.error import Forbidden, InvalidToken, TelegramError
 from telegram.ext import BaseUpdateProcessor
 
+from adapters.telegram_client import ReceivedUpdate, TelegramClient
 from adapters.telegram_ratelimiter import sleep_unless
 from bot.ordering import ChatLocks
 from storage.store import HistoryStore
@@ -67,9 +68,11 @@ class UpdateInbox:
         while len(self._seen) > SEEN_REMEMBERED:
             self._seen.popitem(last=False)
 
-    async def put(self, updates: Sequence[Update]) -> list[Update]:
-        """Commit ``updates``; return those that should be handled now, in order."""
-        items = [(str(u.update_id), u.to_json(), _chat_key(u)) for u in updates]
+    async def put(self, received: Sequence[ReceivedUpdate]) -> list[Update]:
+        """Commit ``received`` (each update with its JSON as Telegram sent it); return the
+        updates that should be handled now, in order."""
+        updates = [update for update, _ in received]
+        items = [(str(u.update_id), payload, _chat_key(u)) for u, payload in received]
         async with self._lock:
             fresh = await self._store.inbox_put(PLATFORM, items)
             if fresh == len({item[0] for item in items}):
@@ -204,7 +207,7 @@ class PollingIntake:
 
     mode = "long polling"
 
-    def __init__(self, bot: Bot, inbox: UpdateInbox, submit: Submit, poll_timeout: int = POLL_TIMEOUT) -> None:
+    def __init__(self, bot: TelegramClient, inbox: UpdateInbox, submit: Submit, poll_timeout: int = POLL_TIMEOUT) -> None:
         self._bot = bot
         self._inbox = inbox
         self._submit = submit
@@ -216,10 +219,10 @@ class PollingIntake:
         backoff = Backoff()
         while not stop.is_set():
             try:
-                updates = await self._fetch(offset, stop)
-                if updates is None:
+                received = await self._fetch(offset, stop)
+                if received is None:
                     break  # stopped while waiting
-                for update in await self._inbox.put(updates):
+                for update in await self._inbox.put(received):
                     await self._submit(update)
             except (InvalidToken, Forbidden):
                 raise
@@ -230,14 +233,14 @@ class PollingIntake:
                 await sleep_unless(stop, delay)
                 continue
             backoff.reset()
-            if updates:
-                offset = updates[-1].update_id + 1
+            if received:
+                offset = received[-1][0].update_id + 1
         await self._confirm(offset)
 
-    async def _fetch(self, offset: int | None, stop: asyncio.Event) -> tuple[Update, ...] | None:
+    async def _fetch(self, offset: int | None, stop: asyncio.Event) -> list[ReceivedUpdate] | None:
         """One long poll, abandoned (unconfirmed, so nothing is lost) when ``stop`` is set."""
         fetch = asyncio.ensure_future(
-            self._bot.get_updates(offset=offset, timeout=self._poll_timeout, allowed_updates=list(ALLOWED_UPDATES))
+            self._bot.updates_with_json(offset=offset, timeout=self._poll_timeout, allowed_updates=list(ALLOWED_UPDATES))
         )
         stopped = asyncio.ensure_future(stop.wait())
         try:
@@ -308,13 +311,14 @@ class WebhookIntake:
         if not hmac.compare_digest(request.headers.get(SECRET_HEADER, "").encode(), self._secret.encode()):
             return web.Response(status=403)
         try:
-            update = Update.de_json(await request.json(), self._bot)
+            payload = await request.text()
+            update = Update.de_json(json.loads(payload), self._bot)
         except (ValueError, TypeError, KeyError, AttributeError):  # PTB meets a list or a string
             return web.Response(status=400)
         if update is None:
             return web.Response(status=400)
         try:
-            fresh = await self._inbox.put([update])
+            fresh = await self._inbox.put([(update, payload)])
         except Exception:  # noqa: BLE001 - Telegram will send it again
             log.exception("telegram: could not store update %s", update.update_id)
             return web.Response(status=500)

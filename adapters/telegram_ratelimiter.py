@@ -6,8 +6,10 @@ its shape but fits a bot that streams and shows chat actions:
 - the group budget (20 messages a minute) is spent only by calls that post a new message, not
   by chat actions or edits (their callers pace those), so a busy turn does not starve the reply;
 - a ``RetryAfter`` pauses only the chat it came from, not every chat of the bot;
-- ``rate_limit_args`` is the number of retries for one call, and ``0`` means none: the text
-  streamer asks for that, so a 429 on an edit skips the edit instead of holding the reply.
+- ``rate_limit_args`` is a :class:`Retries`, the number of retries for one call; ``Retries(0)``
+  means none: chat actions and the text streamer ask for that, so a 429 skips a stale action or
+  edit instead of resending it after the wait. (A plain ``0`` would never arrive: PTB's ExtBot
+  drops a falsy ``rate_limit_args`` on its way to the limiter.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from aiolimiter import AsyncLimiter
@@ -41,6 +44,17 @@ POSTING_METHODS = frozenset(
 RETRY_MARGIN = 0.1
 
 ApiCall = Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """``rate_limit_args`` for one call: how often a 429 is retried (an object, so 0 is truthy)."""
+
+    count: int
+
+
+#: For calls a later one supersedes (chat actions, the streamed message's edits).
+NO_RETRIES = Retries(0)
 
 
 def period_seconds(owner: object, attribute: str) -> float | None:
@@ -74,7 +88,7 @@ def _group_key(chat_id: object) -> int | str | None:
     return chat_id if isinstance(chat_id, str) else None
 
 
-class ChatRateLimiter(BaseRateLimiter[int]):
+class ChatRateLimiter(BaseRateLimiter[Retries]):
     """Overall and per-group pacing plus per-chat handling of ``RetryAfter``.
 
     ``max_retries`` retries a call that got a 429 after waiting what Telegram asked for, unless
@@ -125,9 +139,9 @@ class ChatRateLimiter(BaseRateLimiter[int]):
         kwargs: dict[str, Any],
         endpoint: str,
         data: dict[str, Any],
-        rate_limit_args: int | None,
+        rate_limit_args: Retries | None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
-        retries = self.max_retries if rate_limit_args is None else rate_limit_args
+        retries = self.max_retries if rate_limit_args is None else rate_limit_args.count
         chat = data.get("chat_id")
         group = _group_key(chat) if endpoint in POSTING_METHODS and self._group_rate else None
         for attempt in range(retries + 1):

@@ -15,12 +15,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from telegram import Bot, ReplyParameters
+from typing import Any
+
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
+from adapters.telegram_client import TelegramClient
 from adapters.telegram_format import Chunk, preview, reply_chunks
-from adapters.telegram_ratelimiter import period_seconds, sleep_unless
+from adapters.telegram_ratelimiter import NO_RETRIES, period_seconds, sleep_unless
 from bot.messages import Reply, Stage, Video, VoiceNote
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,11 @@ class Destination:
     thread_id: int | None = None
     reply_to: int | None = None
 
-    def reply_parameters(self) -> ReplyParameters | None:
+    def reply_parameters(self) -> dict[str, Any] | None:
+        """Bot API ``ReplyParameters``: answer the user's message, even if it was deleted meanwhile."""
         if self.reply_to is None:
             return None
-        # The user may have deleted their message meanwhile: answer anyway.
-        return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
+        return {"message_id": self.reply_to, "allow_sending_without_reply": True}
 
 
 class ChatActionLoop:
@@ -69,7 +71,7 @@ class ChatActionLoop:
     429 only delays the next one.
     """
 
-    def __init__(self, bot: Bot, to: Destination) -> None:
+    def __init__(self, bot: TelegramClient, to: Destination) -> None:
         self._bot = bot
         self._to = to
         self._timer: asyncio.TimerHandle | None = None
@@ -111,7 +113,7 @@ class ChatActionLoop:
             pause = ACTION_REFRESH
             try:
                 await self._bot.send_chat_action(
-                    self._to.chat_id, action, message_thread_id=self._to.thread_id, rate_limit_args=0
+                    self._to.chat_id, action, message_thread_id=self._to.thread_id, rate_limit_args=NO_RETRIES
                 )
             except RetryAfter as error:
                 pause = max(pause, period_seconds(error, "retry_after") or pause)
@@ -129,7 +131,7 @@ class StreamedMessage:
     waits for a call in flight, so the caller knows the message id and never sends the text twice.
     """
 
-    def __init__(self, bot: Bot, to: Destination, interval: float) -> None:
+    def __init__(self, bot: TelegramClient, to: Destination, interval: float) -> None:
         self._bot = bot
         self._to = to
         self._interval = interval
@@ -183,15 +185,12 @@ class StreamedMessage:
 
     async def _show(self, text: str) -> None:
         if self.message_id is None:
-            sent = await self._bot.send_message(
-                self._to.chat_id, text, message_thread_id=self._to.thread_id,
-                reply_parameters=self._to.reply_parameters(), rate_limit_args=0,
+            self.message_id = await self._bot.send_text(
+                self._to.chat_id, text, thread_id=self._to.thread_id,
+                reply_parameters=self._to.reply_parameters(), retries=NO_RETRIES,
             )
-            self.message_id = sent.message_id
         else:
-            await self._bot.edit_message_text(
-                text, chat_id=self._to.chat_id, message_id=self.message_id, rate_limit_args=0
-            )
+            await self._bot.edit_text(self._to.chat_id, self.message_id, text, retries=NO_RETRIES)
 
 
 def _not_modified(error: BadRequest) -> bool:
@@ -209,7 +208,7 @@ class TelegramReplySink:
 
     def __init__(
         self,
-        bot: Bot,
+        bot: TelegramClient,
         to: Destination,
         *,
         stream: bool,
@@ -269,10 +268,9 @@ class TelegramReplySink:
     async def deliver_video(self, video: Video, reply: Reply) -> None:
         self._actions.show(ChatAction.UPLOAD_VIDEO)
         try:
-            await self._bot.send_video(
-                self._to.chat_id, video.data, filename="reply.mp4", supports_streaming=True,
-                message_thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(),
-                write_timeout=UPLOAD_TIMEOUT, read_timeout=UPLOAD_TIMEOUT,
+            await self._bot.send_upload(
+                "sendVideo", "video", self._to.chat_id, video.data, "reply.mp4", supports_streaming=True,
+                thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(), timeout=UPLOAD_TIMEOUT,
             )
         finally:
             self._actions.stop()
@@ -296,16 +294,15 @@ class TelegramReplySink:
         reply_parameters = self._to.reply_parameters() if answer else None
         if chunk.html is not None:
             try:
-                await self._bot.send_message(
+                await self._bot.send_text(
                     self._to.chat_id, chunk.html, parse_mode=ParseMode.HTML,
-                    message_thread_id=self._to.thread_id, reply_parameters=reply_parameters,
+                    thread_id=self._to.thread_id, reply_parameters=reply_parameters,
                 )
                 return
             except BadRequest as error:
                 log.warning("Telegram refused the formatted reply (%s); sending plain text", error)
-        await self._bot.send_message(
-            self._to.chat_id, chunk.plain, message_thread_id=self._to.thread_id,
-            reply_parameters=reply_parameters,
+        await self._bot.send_text(
+            self._to.chat_id, chunk.plain, thread_id=self._to.thread_id, reply_parameters=reply_parameters,
         )
 
     async def _edit(self, message_id: int, chunk: Chunk) -> bool:
@@ -314,9 +311,7 @@ class TelegramReplySink:
         attempts.append((chunk.plain, None))
         for text, parse_mode in attempts:
             try:
-                await self._bot.edit_message_text(
-                    text, chat_id=self._to.chat_id, message_id=message_id, parse_mode=parse_mode
-                )
+                await self._bot.edit_text(self._to.chat_id, message_id, text, parse_mode=parse_mode)
                 return True
             except BadRequest as error:
                 if _not_modified(error):
@@ -354,10 +349,9 @@ class TelegramReplySink:
     async def _send_voice(self, voice: VoiceNote) -> None:
         self._actions.show(ChatAction.UPLOAD_VOICE)  # shown if the upload takes a while
         try:
-            await self._bot.send_voice(
-                self._to.chat_id, voice.data, duration=max(1, round(voice.duration)), filename="reply.ogg",
-                message_thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(),
-                write_timeout=UPLOAD_TIMEOUT, read_timeout=UPLOAD_TIMEOUT,
+            await self._bot.send_upload(
+                "sendVoice", "voice", self._to.chat_id, voice.data, "reply.ogg", duration=max(1, round(voice.duration)),
+                thread_id=self._to.thread_id, reply_parameters=self._to.reply_parameters(), timeout=UPLOAD_TIMEOUT,
             )
         except TelegramError as error:  # e.g. VOICE_MESSAGES_FORBIDDEN by the user's privacy settings
             log.warning("voice note to %s not sent: %s", self._to.chat_id, error)

@@ -24,9 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage  # noqa: E402
-from telegram import Bot  # noqa: E402
+from telegram import Bot, ReplyParameters  # noqa: E402
 from telegram.request import HTTPXRequest  # noqa: E402
 
+from adapters.telegram_client import TelegramClient  # noqa: E402
 from adapters.telegram_http import AiohttpRequest  # noqa: E402
 from bench.harness import REPLY, ROOT, Latencies, LoadWatch, ProviderFakes, machine  # noqa: E402
 from bench.report import print_table, write_result  # noqa: E402
@@ -48,25 +49,61 @@ async def cpu_ms(rounds: int, op: Callable[[], Awaitable[object]]) -> float:
 
 
 async def telegram_costs(rounds: int, info: dict) -> dict[str, dict[str, float]]:
+    """Bot API calls as a turn makes them (the answer replies to the user's message, so
+    Telegram's answer nests that message): with stock PTB, with PTB on the adapter's aiohttp
+    request, and as the adapter sends them (``TelegramClient``: answers not made into objects)."""
     costs: dict[str, dict[str, float]] = {}
     voice = b"OggS" + bytes(55_000)
-    for name, request in (("httpx (PTB default)", HTTPXRequest()), ("aiohttp (adapter)", AiohttpRequest())):
-        bot = Bot(info["token"], base_url=info["api"], base_file_url=info["files"], request=request)
+    chat, asked = info["chat"], info["message_id"]
+    clients = (
+        ("httpx, PTB objects (PTB default)", Bot, HTTPXRequest()),
+        ("aiohttp, PTB objects", Bot, AiohttpRequest()),
+        ("aiohttp, answers unread (adapter)", TelegramClient, AiohttpRequest()),
+    )
+    for name, kind, request in clients:
+        bot = kind(info["token"], base_url=info["api"], base_file_url=info["files"], request=request)
         await bot.initialize()
-        chat = info["chat"]
 
         async def download() -> None:
             file = await bot.get_file(info["file_id"])
             await file.download_as_bytearray()
 
+        if isinstance(bot, TelegramClient):
+            client, to = bot, {"message_id": asked, "allow_sending_without_reply": True}
+            send_message = lambda: client.send_text(chat, REPLY, reply_parameters=to)  # noqa: E731
+            send_voice = lambda: client.send_upload(  # noqa: E731
+                "sendVoice", "voice", chat, voice, "reply.ogg", duration=7, reply_parameters=to, timeout=60)
+        else:
+            plain, answering = bot, ReplyParameters(asked, allow_sending_without_reply=True)
+            send_message = lambda: plain.send_message(chat, REPLY, reply_parameters=answering)  # noqa: E731
+            send_voice = lambda: plain.send_voice(  # noqa: E731
+                chat, voice, duration=7, filename="reply.ogg", reply_parameters=answering)
         costs[name] = {
             "sendChatAction": await cpu_ms(rounds, lambda: bot.send_chat_action(chat, "typing")),
-            "sendMessage": await cpu_ms(rounds, lambda: bot.send_message(chat, REPLY)),
+            "sendMessage": await cpu_ms(rounds, send_message),
             "getFile + download": await cpu_ms(rounds, download),
-            "sendVoice (55 kB)": await cpu_ms(rounds // 2, lambda: bot.send_voice(chat, voice, duration=7)),
+            "sendVoice (55 kB)": await cpu_ms(rounds // 2, send_voice),
         }
         await bot.shutdown()
     return costs
+
+
+async def update_json_costs(rounds: int, info: dict) -> dict[str, float]:
+    """The inbox keeps each update's JSON: PTB's ``to_json`` of the parsed update, or the JSON
+    Telegram sent (what ``TelegramClient.updates_with_json`` keeps)."""
+    client = TelegramClient(info["token"], base_url=info["api"], base_file_url=info["files"], request=AiohttpRequest())
+    await client.initialize()
+    [(update, payload)] = await client.updates_with_json(offset=None, timeout=0, allowed_updates=["message"], limit=1)
+    await client.shutdown()
+    raw = json.loads(payload)
+
+    async def ptb() -> None:
+        update.to_json()
+
+    async def as_sent() -> None:
+        json.dumps(raw, separators=(",", ":"))
+
+    return {"PTB to_json": await cpu_ms(rounds, ptb), "as Telegram sent it": await cpu_ms(rounds, as_sent)}
 
 
 async def db_costs(rounds: int) -> dict[str, float]:
@@ -186,6 +223,7 @@ async def run(rounds: int) -> dict:
         assert server.stdout is not None
         info = json.loads(server.stdout.readline())
         telegram = await telegram_costs(rounds, info)
+        update_json = await update_json_costs(rounds, info)
     finally:
         assert server.stdin is not None
         server.stdin.close()
@@ -203,6 +241,7 @@ async def run(rounds: int) -> dict:
     return {"rounds": rounds, "host": machine(), **watch.result(), "telegram_cpu_ms": telegram,
             "sdk_over_plain_http_cpu_ms": round(sdk_tax, 2),
             "db_cpu_ms": db, "provider_cpu_ms": provider, "library_cpu_ms": libraries,
+            "update_json_cpu_ms": update_json,
             "voice_turn_floor_cpu_ms": floors}
 
 
@@ -215,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for client, calls in result["telegram_cpu_ms"].items():
         rows.append((f"Bot API, {client}", "  ".join(f"{k} {v:.2f}" for k, v in calls.items())))
+    rows.append(("an update's JSON for the inbox", "  ".join(f"{k} {v:.3f}" for k, v in result["update_json_cpu_ms"].items())))
     rows.append(("DB transaction (SQLite)", "  ".join(f"{k} {v:.2f}" for k, v in result["db_cpu_ms"].items())))
     rows.append(("providers", "  ".join(f"{k} {v:.2f}" for k, v in result["provider_cpu_ms"].items())))
     for call, pair in result["library_cpu_ms"].items():

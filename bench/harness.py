@@ -639,8 +639,10 @@ async def serve_telegram() -> None:
     user = fake.user("Unit")
     chat = fake.private_chat(user)
     stored = fake.store_file(audio_samples.beeps_ogg(NOTE_SECONDS, seed=5), "voice", "oga")
+    asked = fake.send_text(chat, user, "What is the capital of France?")  # what the answers reply to
     print(json.dumps({"api": fake.api_base_url, "files": fake.file_base_url, "token": fake.token,
-                      "chat": chat.id, "file_id": stored.file_id}), flush=True)
+                      "chat": chat.id, "file_id": stored.file_id, "message_id": asked["message"]["message_id"]}),
+          flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await fake.stop()
 

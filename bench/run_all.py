@@ -111,7 +111,7 @@ def rows_for(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, st
             f"<= {r['goal_p99_ms']:g} ms", r["p99_ms"] <= r["goal_p99_ms"], r)
     if r := results.get("units"):
         for client, floor in r["voice_turn_floor_cpu_ms"].items():
-            add(f"CPU floor of a voice turn, Bot API on {client.split()[0]}",
+            add(f"CPU floor of a voice turn, Bot API {client}",
                 f"{floor:.1f} ms (building blocks only; <= {1000 / floor:.0f} turns/s per core)", "", None, r)
         if "sdk_over_plain_http_cpu_ms" in r:
             prompt = r["library_cpu_ms"]["LangChain prompt, 200-message history"]["library"]

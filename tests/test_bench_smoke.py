@@ -55,7 +55,9 @@ def test_every_bench_script_runs_a_few_iterations_and_the_table_is_built(tmp_pat
     assert results["throughput"]["turns"] > 0 and results["throughput-text"]["turns"] > 0
     assert results["memory"]["idle_rss_mb"] > 0
     assert results["context"]["samples"] == 50 and results["context"]["heap_frozen"]
-    assert set(results["units"]["voice_turn_floor_cpu_ms"]) == {"httpx (PTB default)", "aiohttp (adapter)"}
+    assert set(results["units"]["voice_turn_floor_cpu_ms"]) == {
+        "httpx, PTB objects (PTB default)", "aiohttp, PTB objects", "aiohttp, answers unread (adapter)"}
+    assert all(ms > 0 for ms in results["units"]["update_json_cpu_ms"].values())
     libraries = results["units"]["library_cpu_ms"]
     assert all(pair["library"] > 0 for pair in libraries.values())
     assert sum("plain aiohttp" in pair for pair in libraries.values()) == 3

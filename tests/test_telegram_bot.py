@@ -278,6 +278,38 @@ async def test_a_429_from_telegram_is_retried(
     assert len(telegram_fake.sent_to(chat, "text")) == 1
 
 
+async def test_a_429_on_a_chat_action_is_not_resent_after_the_wait(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+) -> None:
+    """A chat action is decoration that the next refresh supersedes: a 429 skips it."""
+    groq_fake.latency["chat"] = 1.8  # "typing" goes out after 0.2 s; the next refresh would be at 4 s
+    telegram_fake.fail_next("sendChatAction", 429)  # retry after 1 s
+    await start_telegram_bot(stream_text=False, voice_replies=False)
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "hello there")
+    await telegram_fake.wait_for_sent(chat, timeout=20)
+    assert [r.status for r in telegram_fake.requests_to("/sendChatAction")] == [429]
+
+
+async def test_a_429_on_a_streamed_edit_is_not_resent_with_stale_text(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+) -> None:
+    """The streamed message's next edit carries newer text; the refused one is not repeated."""
+    groq_fake.token_delay = 0.15  # the answer streams for about 3 s: edits every second
+    telegram_fake.fail_next("editMessageText", 429)
+    bot = await start_telegram_bot(voice_replies=False)
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "tell me a long story")
+    await telegram_fake.wait_for_sent(chat, timeout=20)
+    await settled(bot, telegram_fake)  # the answer is complete: its final edit went out
+    edits = telegram_fake.requests_to("/editMessageText")
+    refused = [r for r in edits if r.status == 429]
+    assert len(refused) == 1 and len(edits) >= 2
+    later = [r.json or r.form for r in edits if r.status == 200 and r.received_at > refused[0].received_at]
+    refused_text = (refused[0].json or refused[0].form)["text"]
+    assert later and all(body["text"] != refused_text for body in later)
+
+
 async def test_chats_run_in_parallel_and_each_chat_in_order(
     start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
 ) -> None:

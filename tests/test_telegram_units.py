@@ -13,7 +13,7 @@ from telegram.error import RetryAfter
 
 from adapters.telegram_bot import attachment_of, command_for_another_bot, mentions_bot, to_incoming
 from adapters.telegram_format import markdown_to_html, preview, reply_chunks, utf16_len, well_formed
-from adapters.telegram_ratelimiter import ChatRateLimiter
+from adapters.telegram_ratelimiter import NO_RETRIES, ChatRateLimiter
 from bot.messages import ChatKind
 from tests.fakes.telegram_api import FakeTelegram, parse_html
 
@@ -111,7 +111,7 @@ async def test_rate_limiter_retries_after_what_telegram_asked() -> None:
 async def test_rate_limiter_gives_up_at_once_when_asked_for_no_retries() -> None:
     limiter = ChatRateLimiter(max_retries=3)
     with pytest.raises(RetryAfter):
-        await limiter.process_request(FlakyCall(failures=1), (), {}, "editMessageText", {"chat_id": 5}, 0)
+        await limiter.process_request(FlakyCall(failures=1), (), {}, "editMessageText", {"chat_id": 5}, NO_RETRIES)
 
 
 async def test_a_429_pauses_only_its_own_chat() -> None:
