@@ -136,6 +136,9 @@ class _SQLiteThread:
     inbox's done mark, bench/bench_units.py), so the hand-over is kept to the minimum: a plain
     queue in, and one ``call_soon_threadsafe`` back for each run of transactions that queued
     up meanwhile (at most :data:`_BATCH`), so a busy bot wakes its loop once for several.
+    The thread keeps one SQLAlchemy ``Connection`` open: ``engine.begin()`` would check one out
+    of the pool and reset it on return for every transaction (44 against 9 us of CPU for an
+    empty transaction).
     """
 
     def __init__(self, url: str) -> None:
@@ -145,6 +148,7 @@ class _SQLiteThread:
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._connection: Connection | None = None  # the thread's own, opened on first use
         self._thread = threading.Thread(target=self._serve, name="voicebot-sqlite", daemon=True)
         self._thread.start()
         self._closed = False
@@ -179,8 +183,17 @@ class _SQLiteThread:
             pass
 
     def _transaction(self, work: Callable[[Connection], T]) -> T:
-        with self.engine.begin() as connection:
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = self._connection = self.engine.connect()
+        with connection.begin():
             return work(connection)
+
+    def _dispose(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        self.engine.dispose()
 
     async def _call(self, call: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -198,7 +211,7 @@ class _SQLiteThread:
             return
         self._closed = True
         try:
-            await self._call(self.engine.dispose)  # after every transaction asked for before
+            await self._call(self._dispose)  # after every transaction asked for before
         finally:
             self._queue.put(None)
 
