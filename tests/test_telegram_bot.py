@@ -295,7 +295,7 @@ async def test_a_429_on_a_streamed_edit_is_not_resent_with_stale_text(
     start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
 ) -> None:
     """The streamed message's next edit carries newer text; the refused one is not repeated."""
-    groq_fake.token_delay = 0.15  # the answer streams for about 3 s: edits every second
+    groq_fake.token_delay = 0.2  # the answer streams for about 2.5 s: an edit every second
     telegram_fake.fail_next("editMessageText", 429)
     bot = await start_telegram_bot(voice_replies=False)
     user, chat = telegram_fake.new_private_chat()
