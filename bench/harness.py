@@ -617,6 +617,36 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
 
 
+_YARDSTICK_UPDATE = {
+    "update_id": 900000001,
+    "message": {
+        "message_id": 41, "date": 1733400000, "text": "What is the capital of France? " * 3,
+        "from": {"id": 7, "is_bot": False, "first_name": "Ann", "language_code": "en"},
+        "chat": {"id": 7, "first_name": "Ann", "type": "private"},
+        "voice": {"file_id": "AwACAgIAAxkBAAI", "file_unique_id": "AgAD", "duration": 4, "mime_type": "audio/ogg"},
+    },
+}
+
+
+def yardstick_ms(repeats: int = 5) -> float:
+    """Milliseconds this machine takes for a fixed pure-Python workload right now (JSON in and
+    out, dicts, sorting: what the bot's CPU mostly does), best of ``repeats``.
+
+    Shared VMs differ from day to day by a factor of two or more, which no code change
+    explains; ``run_all.py`` prints this before and after the benches so a slow run can be
+    told from a regression. Lower is faster.
+    """
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(2000):
+            decoded = json.loads(json.dumps(_YARDSTICK_UPDATE))
+            decoded["message"]["message_id"] = i
+            sorted(decoded["message"].items(), key=lambda item: item[0])
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
 def latencies_dict(latencies: Latencies) -> dict[str, float]:
     return {k: v for k, v in asdict(latencies).items()}
 

@@ -23,6 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.harness import yardstick_ms  # noqa: E402
 from bench.report import RESULTS  # noqa: E402
 
 #: name -> (script, full arguments, --quick arguments, result files it writes)
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print("offline: skipped (the offline engines are not installed; `make run` installs them)")
         names.remove("offline")
     started = time.time()
+    speed_before = yardstick_ms()
     failed = []
     for name in names:
         ok, seconds = run_bench(name, args.quick)
@@ -166,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/run_all.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     rows = rows_for(results)
     print_summary(rows, failed, command)
+    speed = {"before": speed_before, "after": yardstick_ms()}
+    print(f"machine yardstick: {speed['before']:.1f} ms before, {speed['after']:.1f} ms after "
+          "(bench/harness.py yardstick_ms: a fixed pure-Python workload, best of 5; lower is faster)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps({
         "command": command, "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpus": os.cpu_count(),
+        "yardstick_ms": speed,
         "rows": [dict(zip(("figure", "measured", "goal", "verdict", "load"), row, strict=True)) for row in rows],
         "failed": failed,
     }, indent=2))

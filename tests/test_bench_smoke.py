@@ -67,3 +67,4 @@ def test_every_bench_script_runs_a_few_iterations_and_the_table_is_built(tmp_pat
     assert "voice turn overhead p50 / p99" in figures and "idle RSS" in figures
     assert all(row[3] in ("met", "MISSED", "-") for row in rows)
     run_all.print_summary(rows, [], "smoke")
+    assert run_all.yardstick_ms(repeats=1) > 0
