@@ -48,9 +48,14 @@ ApiCall = Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[st
 
 @dataclass(frozen=True, slots=True)
 class Retries:
-    """``rate_limit_args`` for one call: how often a 429 is retried (an object, so 0 is truthy)."""
+    """``rate_limit_args`` for one call: how often a 429 is retried (an object, so 0 is truthy).
+
+    ``on_call`` is called each time the request is handed to the HTTP client, after any pacing
+    or pause: from then on Telegram gets it, whether or not the caller waits for the answer.
+    """
 
     count: int
+    on_call: Callable[[], None] | None = None
 
 
 #: For calls a later one supersedes (chat actions, the streamed message's edits).
@@ -153,6 +158,8 @@ class ChatRateLimiter(BaseRateLimiter[Retries]):
                         await limits.enter_async_context(self._group_limiter(group))
                     if chat is not None and self._overall is not None:
                         await limits.enter_async_context(self._overall)
+                    if rate_limit_args is not None and rate_limit_args.on_call is not None:
+                        rate_limit_args.on_call()
                     return await callback(*args, **kwargs)
             except RetryAfter as error:
                 wait = period_seconds(error, "retry_after") or 1.0

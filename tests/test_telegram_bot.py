@@ -291,6 +291,23 @@ async def test_a_429_on_a_chat_action_is_not_resent_after_the_wait(
     assert [r.status for r in telegram_fake.requests_to("/sendChatAction")] == [429]
 
 
+async def test_a_chat_action_on_the_wire_when_its_stage_ends_is_let_finish(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
+) -> None:
+    """Abandoning its answer would not unsend it, only cost the connection (a new TLS one)."""
+    groq_fake.latency["chat"] = 0.35  # "typing" leaves at 0.2 s and is answered at 0.8 s
+    telegram_fake.latency["sendChatAction"] = 0.6
+    await start_telegram_bot(stream_text=False, voice_replies=False)
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "hello there")
+    [reply] = await telegram_fake.wait_for_sent(chat, timeout=20)
+    [action] = telegram_fake.requests_to("/sendChatAction")
+    assert action.received_at < reply.sent_at  # the stage ended while the action was on the wire
+    await asyncio.sleep(0.8)
+    [action] = telegram_fake.requests_to("/sendChatAction")  # and no other action followed it
+    assert action.status == 200 and not action.abandoned
+
+
 async def test_a_429_on_a_streamed_edit_is_not_resent_with_stale_text(
     start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
 ) -> None:

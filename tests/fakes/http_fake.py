@@ -51,7 +51,8 @@ class RecordedRequest:
     urlencoded body, ``files`` the file parts by field name, ``json`` the parsed JSON body
     (None if the body was not JSON), ``form_items`` every form field in order, repeats
     included. ``status`` is the status the fake answered with (None
-    while in flight, or when the connection was dropped); ``fault`` names the injected fault.
+    while in flight, or when the connection was dropped); ``fault`` names the injected fault;
+    ``abandoned`` says the client had closed the connection before the answer was ready.
     """
 
     method: str
@@ -67,6 +68,7 @@ class RecordedRequest:
     received_at: float = 0.0
     status: int | None = None
     fault: FaultKind | None = None
+    abandoned: bool = False
 
 
 @dataclass(slots=True)
@@ -400,6 +402,7 @@ class HttpFake:
             if response is None:  # connection dropped on purpose: nothing was sent
                 return _closed_response()
             recorded.status = response.status
+            recorded.abandoned = request.transport is None or request.transport.is_closing()
             return response
 
         self._app.router.add_route(method, path, wrapped)
