@@ -16,15 +16,12 @@ Updates are still parsed into PTB's ``Update`` (the handlers use them) and keep 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from telegram import InputFile, Update
 from telegram.ext import ExtBot
 
 from adapters.telegram_ratelimiter import Retries
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ReceivedUpdate", "TelegramClient"]
 
