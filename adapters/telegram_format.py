@@ -153,6 +153,12 @@ def reply_chunks(text: str, transcript: str | None = None, limit: int = MESSAGE_
     return chunks
 
 
+def shows_as(chunk: Chunk, text: str) -> bool:
+    """Whether ``chunk`` would show exactly ``text`` sent as plain text: the same characters
+    and no formatting (its HTML, if any, only escapes them)."""
+    return chunk.plain == text and (chunk.html is None or chunk.html == _escape(chunk.plain))
+
+
 def preview(text: str, limit: int = MESSAGE_LIMIT) -> str:
     """What a streamed message shows while tokens arrive: plain text, at most one message."""
     pieces = split_utf16(text, limit - 2)

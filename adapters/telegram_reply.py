@@ -21,7 +21,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from adapters.telegram_client import TelegramClient
-from adapters.telegram_format import Chunk, preview, reply_chunks
+from adapters.telegram_format import Chunk, preview, reply_chunks, shows_as
 from adapters.telegram_ratelimiter import NO_RETRIES, Retries, period_seconds, sleep_unless
 from bot.messages import Reply, Stage, Video, VoiceNote
 
@@ -175,6 +175,7 @@ class StreamedMessage:
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.message_id: int | None = None
+        self.shown = ""  # the text Telegram last took for the message (plain)
 
     def update(self, text_so_far: str) -> None:
         if self._closing.is_set():
@@ -199,17 +200,16 @@ class StreamedMessage:
             self._task.cancel()
 
     async def _run(self) -> None:
-        shown = ""
         while True:
             await self._wake.wait()
             self._wake.clear()
             if self._closing.is_set():
                 return
             text, pause = preview(self._latest), self._interval
-            if text.strip() and text != shown:
+            if text.strip() and text != self.shown:
                 try:
                     await self._show(text)
-                    shown = text
+                    self.shown = text
                 except RetryAfter as error:
                     pause = max(pause, period_seconds(error, "retry_after") or pause)
                 except TelegramError as error:
@@ -283,14 +283,15 @@ class TelegramReplySink:
         is already out.
         """
         streamed = await self._stream.finish() if self._stream is not None else None
+        shown = self._stream.shown if self._stream is not None else ""
         self._stream = None
         chunks = reply_chunks(reply.text, reply.transcript if reply.show_transcript else None)
         try:
             if streamed is not None and len(chunks) == 1 and reply.voice is not None:
-                await self._finish_streamed_with_voice(streamed, chunks[0], reply.voice)
+                await self._finish_streamed_with_voice(streamed, chunks[0], reply.voice, shown)
                 return
             for i, chunk in enumerate(chunks):
-                if i == 0 and streamed is not None and await self._edit(streamed, chunk):
+                if i == 0 and streamed is not None and await self._edit(streamed, chunk, shown):
                     continue
                 await self._post(chunk, answer=i == 0)
             if reply.voice is not None:
@@ -340,8 +341,15 @@ class TelegramReplySink:
             self._to.chat_id, chunk.plain, thread_id=self._to.thread_id, reply_parameters=reply_parameters,
         )
 
-    async def _edit(self, message_id: int, chunk: Chunk) -> bool:
-        """Put the final text into the streamed message; False if it cannot be edited."""
+    async def _edit(self, message_id: int, chunk: Chunk, shown: str) -> bool:
+        """Put the final text into the streamed message; False if it cannot be edited.
+
+        Nothing is sent when the message already shows it (``shown``): a plain answer the
+        stream caught whole. Telegram would refuse that edit as "not modified", and in a group
+        every edit counts against the chat's limit of about 20 messages a minute.
+        """
+        if shows_as(chunk, shown):
+            return True
         attempts = [(chunk.html, ParseMode.HTML)] if chunk.html is not None else []
         attempts.append((chunk.plain, None))
         for text, parse_mode in attempts:
@@ -354,7 +362,7 @@ class TelegramReplySink:
                 log.warning("could not edit the streamed reply in %s: %s", self._to.chat_id, error)
         return False
 
-    async def _finish_streamed_with_voice(self, message_id: int, chunk: Chunk, voice: VoiceNote) -> None:
+    async def _finish_streamed_with_voice(self, message_id: int, chunk: Chunk, voice: VoiceNote, shown: str) -> None:
         """The streamed message's final text and the voice note, sent together.
 
         The answer's message is already in the chat, above where the voice note will land, so
@@ -363,7 +371,7 @@ class TelegramReplySink:
         up like any text that did not get out.
         """
         voice_out = asyncio.ensure_future(self._send_voice(voice))  # the longer call goes first
-        edit = asyncio.ensure_future(self._edit(message_id, chunk))
+        edit = asyncio.ensure_future(self._edit(message_id, chunk, shown))
         try:
             await asyncio.wait((edit, voice_out))
         except asyncio.CancelledError:

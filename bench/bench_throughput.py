@@ -65,11 +65,13 @@ async def run(args: argparse.Namespace) -> dict:
         watch = LoadWatch()
         started, cpu_start, done_start = time.perf_counter(), session.bot.cpu_seconds(), len(completed)
         fakes_cpu_start = process_cpu_seconds(session.providers.pid) + time.process_time()
+        calls_start = fake.calls.copy()
         session.bot.start_profile()
         await asyncio.sleep(args.seconds)
         session.bot.stop_profile()
         elapsed = time.perf_counter() - started
         turns = len(completed) - done_start
+        calls = fake.calls - calls_start
         cpu = session.bot.cpu_seconds() - cpu_start
         fakes_cpu = process_cpu_seconds(session.providers.pid) + time.process_time() - fakes_cpu_start
         loads = watch.result()
@@ -84,6 +86,7 @@ async def run(args: argparse.Namespace) -> dict:
         "bot_cpu_ms_per_turn": round(cpu_ms, 2), "bot_cpu_share": round(cpu / elapsed, 2),
         "one_core_capacity_turns_per_second": round(1000 / cpu_ms, 1) if turns else 0.0,
         "fakes_cpu_ms_per_turn": round(fakes_cpu * 1000 / turns, 2) if turns else float("nan"),
+        "bot_api_calls_per_turn": {method: round(n / turns, 2) for method, n in sorted(calls.items())} if turns else {},
     }
 
 
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("bot CPU per turn", f"{result['bot_cpu_ms_per_turn']:.2f} ms -> {result['one_core_capacity_turns_per_second']:.0f} turns/s on one core"),
         ("bot CPU share", f"{result['bot_cpu_share']:.2f} of a core"),
         ("fakes CPU per turn", f"{result['fakes_cpu_ms_per_turn']:.2f} ms"),
+        ("Bot API calls per turn", "  ".join(f"{m} {n:g}" for m, n in result["bot_api_calls_per_turn"].items())),
     ])
     return result
 

@@ -327,6 +327,33 @@ async def test_a_429_on_a_streamed_edit_is_not_resent_with_stale_text(
     assert later and all(body["text"] != refused_text for body in later)
 
 
+@pytest.mark.parametrize("answer, final_edit", [
+    ("Paris is the capital of France, and Lyon is the second city.", False),
+    ("Paris is the capital of **France**, and Lyon is the second city.", True),
+])
+async def test_a_streamed_answer_gets_a_final_edit_only_when_it_changes_what_shows(
+    start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq,
+    elevenlabs_fake: FakeElevenLabs, answer: str, final_edit: bool,
+) -> None:
+    """The stream shows the whole answer while the voice is synthesized; a plain answer is
+    then complete, and only Markdown (bold here) needs the final, formatted edit."""
+    groq_fake.reply_fn = lambda messages: answer
+    elevenlabs_fake.latency["tts"] = 1.6  # more than the 1 s between streamed edits
+    bot = await start_telegram_bot()
+    user, chat = telegram_fake.new_private_chat()
+    telegram_fake.send_text(chat, user, "which cities?")
+    await telegram_fake.wait_for_sent(chat, kind="voice", timeout=20)
+    await settled(bot, telegram_fake)
+
+    [message] = telegram_fake.sent_to(chat, "text")
+    assert message.text == answer.replace("**", "")
+    assert bool(message.entities) is final_edit
+    edits = telegram_fake.requests_to("/editMessageText")
+    assert all(r.status == 200 for r in edits)  # none refused as "message is not modified"
+    formatted = [r for r in edits if (r.json or r.form).get("parse_mode") == "HTML"]
+    assert len(formatted) == int(final_edit)
+
+
 async def test_chats_run_in_parallel_and_each_chat_in_order(
     start_telegram_bot: StartBot, telegram_fake: FakeTelegram, groq_fake: FakeGroq
 ) -> None:

@@ -12,7 +12,7 @@ from telegram import Message, Update, User
 from telegram.error import RetryAfter
 
 from adapters.telegram_bot import attachment_of, command_for_another_bot, mentions_bot, to_incoming
-from adapters.telegram_format import markdown_to_html, preview, reply_chunks, utf16_len, well_formed
+from adapters.telegram_format import markdown_to_html, preview, reply_chunks, shows_as, utf16_len, well_formed
 from adapters.telegram_ratelimiter import NO_RETRIES, ChatRateLimiter
 from bot.messages import ChatKind
 from tests.fakes.telegram_api import FakeTelegram, parse_html
@@ -77,6 +77,18 @@ def test_reply_chunks_respect_the_limit_and_keep_code_blocks_whole() -> None:
 
 def test_reply_chunks_of_nothing_is_nothing() -> None:
     assert reply_chunks("   ") == []
+
+
+@pytest.mark.parametrize("answer, shows", [
+    ("Is 2 < 3 & 4 > 3? Yes.", True),  # HTML only escapes: it looks the same as plain text
+    ("It is **very** late.", False),  # bold: an entity the plain message lacks
+    ("- one\n- two", False),  # bullets: other characters
+])
+def test_a_chunk_shows_as_plain_text_only_without_formatting(answer: str, shows: bool) -> None:
+    [chunk] = reply_chunks(answer)
+    assert shows_as(chunk, preview(answer)) is shows
+    [with_transcript] = reply_chunks(answer, transcript="what is late?")
+    assert not shows_as(with_transcript, preview(answer))
 
 
 def test_preview_is_one_message() -> None:
