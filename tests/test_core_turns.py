@@ -53,6 +53,9 @@ async def test_text_turn_answers_with_text_and_an_ogg_voice_note(
     body = groq_fake.chat_requests[-1].json
     assert body["model"] == "llama-3.1-8b-instant"
     assert body["stream"] is False  # nobody watches this sink's text grow: one completion
+    # What ChatGroq asks for, without the parameters it leaves unset (no JSON nulls).
+    assert set(body) == {"messages", "model", "stream", "n", "temperature", "max_tokens", "service_tier"}
+    assert (body["temperature"], body["max_tokens"]) == (bot.settings.llm_temperature, bot.settings.llm_max_tokens)
     tts = elevenlabs_fake.requests_to("/v1/text-to-speech/")[-1]
     assert tts.query["output_format"] == "opus_48000_64"
     assert tts.json["model_id"] == "eleven_flash_v2_5" and tts.json["text"] == reply.text

@@ -1,8 +1,9 @@
 """Groq: Whisper speech-to-text through the ``groq`` SDK, Llama through ``langchain-groq``.
 
-Both talk to ``GROQ_BASE_URL`` (the SDK's own default when unset). SDK-level retries are off:
-:func:`bot.retry.call_with_retries` retries 429/5xx/timeouts honouring ``retry-after`` and
-feeds one circuit breaker per provider.
+Both talk to ``GROQ_BASE_URL`` (the SDK's own default when unset). ChatGroq's requests are
+posted with aiohttp (:class:`DirectCompletions`), raising the SDK's own errors. SDK-level
+retries are off: :func:`bot.retry.call_with_retries` retries 429/5xx/timeouts honouring
+``retry-after`` and feeds one circuit breaker per provider.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import groq
 import httpx
-from groq import NOT_GIVEN, AsyncStream, NotGiven, Omit
-from groq._base_client import make_request_options
-from groq.resources.chat.completions import AsyncCompletions
+from groq import NotGiven, Omit
 from langchain_core.language_models import BaseChatModel
 
 from bot.config import Settings
@@ -166,29 +166,38 @@ _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _DONE = object()
 
 
-class PlainEventStream(AsyncStream[object]):
+class ServerSentEvents:
     """Groq's streamed chat answer as plain dicts, one per server-sent event.
 
-    Same events, errors and end as the SDK's ``AsyncStream`` (``[DONE]`` ends it, an event
-    carrying ``error`` raises ``groq.APIError``, a named event comes as ``{"data", "event"}``),
-    parsed with less work per event: the SDK's decoder and its ``Mapping`` checks were a fifth
-    of the bot's CPU per streamed answer, with a token per event (bench/bench_turn.py, py-spy).
+    The same events, errors and end as the groq SDK's ``AsyncStream``: ``[DONE]`` ends it, an
+    event carrying ``error`` raises ``groq.APIError``, a named event comes as ``{"data",
+    "event"}``. The body is read to its end even after ``[DONE]``, so the connection goes
+    back to the pool.
     """
 
-    async def __stream__(self) -> AsyncIterator[object]:
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request  # what groq's errors name
+
+    async def __aiter__(self) -> AsyncIterator[object]:
         pending = b""
         finished = False
-        async for data in self.response.aiter_bytes():
-            if finished:
-                continue  # read to the end, so the connection is released
-            *events, pending = _EVENT_END.split(pending + data)
-            for event in events:
-                item = self._parse(event)
-                if item is _DONE:
-                    finished = True
-                    break
-                if item is not None:
-                    yield item
+        try:
+            async for data in self._response.content.iter_any():
+                if finished:
+                    continue
+                *events, pending = _EVENT_END.split(pending + data)
+                for event in events:
+                    item = self._parse(event)
+                    if item is _DONE:
+                        finished = True
+                        break
+                    if item is not None:
+                        yield item
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _transport_error(error, self._request) from error
+        finally:
+            self._response.release()
         if not finished and pending.strip():
             item = self._parse(pending)
             if item is not None and item is not _DONE:
@@ -217,70 +226,109 @@ class PlainEventStream(AsyncStream[object]):
             message = error.get("message") if isinstance(error, dict) else None
             if not message or not isinstance(message, str):
                 message = "An error occurred during streaming"
-            raise groq.APIError(message=message, request=self.response.request, body=error)
+            raise groq.APIError(message=message, request=self._request, body=error)
         return data if name is None else {"data": data, "event": name}
 
 
-class PlainJSONCompletions(AsyncCompletions):
-    """Groq's chat completions, posting the request body as it is.
+def _transport_error(error: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """An aiohttp failure while an answer is read, named as httpx names it (what
+    :func:`classify_groq_error` knows for a cut stream)."""
+    if isinstance(error, TimeoutError):
+        return httpx.ReadTimeout(str(error) or "timed out", request=request)
+    return httpx.RemoteProtocolError(str(error) or type(error).__name__, request=request)
 
-    The SDK deep-transforms every request against its TypedDict schema (aliases, dates),
-    which for a chat history is a no-op that costs 5-12 ms of CPU per call (measured with
-    41 messages): more than everything else in a turn. ChatGroq hands us JSON-ready dicts,
-    so the body is sent unchanged; everything else (auth, retries, streaming) is the SDK's.
 
-    The answer comes back as plain dicts too (``cast_to=object``): ChatGroq accepts dicts and
-    would ``model_dump()`` the SDK's pydantic objects straight back into them, and building
-    those objects cost ~0.3 ms of CPU per streamed chunk, about half of streaming a reply
-    (bench/bench_turn.py, profiled with py-spy).
+class DirectCompletions:
+    """Groq's chat completions for ChatGroq, posted with aiohttp.
+
+    ChatGroq calls ``create(messages=..., model=..., stream=..., **params)`` on its
+    ``async_client`` and takes plain dicts back (it would ``model_dump()`` the SDK's objects
+    straight back into them). The groq SDK's request path (its options model, headers,
+    httpx's request and response objects) cost 0.9 ms of CPU per call over the HTTP it sends
+    (bench/bench_units.py), a quarter of a text turn; here the body goes out as ChatGroq gave
+    it. Errors are the SDK's own: a status error is made by ``groq.AsyncGroq`` from the
+    answer, a timeout or a failed connection raises ``APITimeoutError`` or
+    ``APIConnectionError``, a stream cut halfway raises httpx's ``ReadTimeout`` or
+    ``RemoteProtocolError`` as the SDK's stream would.
     """
 
-    async def create(  # type: ignore[override]
-        self,
-        *,
-        messages: list[dict[str, Any]],
-        model: str,
-        stream: bool | None = False,
-        extra_headers: Any = None,
-        extra_query: Any = None,
-        extra_body: Any = None,
-        timeout: Any = NOT_GIVEN,
-        **params: Any,
-    ) -> Any:
+    def __init__(self, client: groq.AsyncGroq, *, timeout: float, max_connections: int) -> None:
+        self._client = client  # the base URL, the key, and the SDK's errors
+        self._url = str(client.base_url).rstrip("/") + "/openai/v1/chat/completions"
+        self._headers = {"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json",
+                         "Accept": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                                  json_serialize=_compact_json)
+        return self._session
+
+    async def create(self, *, messages: list[dict[str, Any]], model: str, stream: bool | None = False,
+                     extra_headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None,
+                     **params: Any) -> Any:
+        """One chat completion: a dict, or with ``stream`` an async iterable of chunk dicts.
+        Parameters left unset (None) are left out, as the SDK leaves out what it was not given."""
         body = {"messages": messages, "model": model, "stream": bool(stream)}
-        body.update((k, v) for k, v in params.items() if not isinstance(v, (NotGiven, Omit)))
-        answer = await self._post(
-            "/openai/v1/chat/completions",
-            body=body,
-            options=make_request_options(
-                extra_headers=extra_headers, extra_query=extra_query, extra_body=extra_body, timeout=timeout
-            ),
-            cast_to=object,
-            stream=bool(stream),
-            stream_cls=PlainEventStream,
-        )
-        if not stream and not isinstance(answer, dict):  # the SDK hands a non-JSON body back as text
-            raise MalformedAnswer(f"a {type(answer).__name__} body where a chat completion belongs")
+        body.update((k, v) for k, v in params.items() if v is not None and not isinstance(v, (NotGiven, Omit)))
+        body.update(extra_body or {})
+        headers = {**self._headers, **extra_headers} if extra_headers else self._headers
+        request = httpx.Request("POST", self._url)
+        try:
+            response = await self._open().post(self._url, json=body, headers=headers)
+        except TimeoutError as error:
+            raise groq.APITimeoutError(request=request) from error
+        except aiohttp.ClientError as error:
+            raise groq.APIConnectionError(request=request) from error
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                content = b""
+            finally:
+                response.release()
+            answer = httpx.Response(response.status, headers=list(response.headers.items()), content=content,
+                                    request=request)
+            raise self._client._make_status_error_from_response(answer)
+        if stream:
+            return ServerSentEvents(response, request)
+        try:
+            content = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _transport_error(error, request) from error
+        finally:
+            response.release()
+        try:
+            answer = json.loads(content)
+        except ValueError as error:
+            raise MalformedAnswer(f"a {len(content)}-byte body that is not JSON where a chat completion belongs") from error
+        if not isinstance(answer, dict):
+            raise MalformedAnswer(f"a {type(answer).__name__} where a chat completion belongs")
         return answer
 
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
 
-def build_groq_chat_model(settings: Settings, http_client: httpx.AsyncClient) -> BaseChatModel:
-    """ChatGroq for ``LLM_MODEL`` (Groq retires ids; default ``llama-3.1-8b-instant``).
 
-    ``http_client`` is ours to close (ChatGroq never closes the one it would make itself).
-    """
+def _compact_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def build_groq_chat_model(settings: Settings) -> tuple[BaseChatModel, DirectCompletions]:
+    """ChatGroq for ``LLM_MODEL`` (Groq retires ids; default ``llama-3.1-8b-instant``), and
+    its client, which the caller closes."""
     from langchain_groq import ChatGroq
 
-    client = groq.AsyncGroq(
-        api_key=_api_key(settings),
-        base_url=settings.groq_base_url,
-        max_retries=0,
-        timeout=settings.provider_timeout,
-        http_client=http_client,
-    )
-    return ChatGroq(
-        async_client=PlainJSONCompletions(client),
-        http_async_client=http_client,
+    client = groq.AsyncGroq(api_key=_api_key(settings), base_url=settings.groq_base_url, max_retries=0)
+    completions = DirectCompletions(client, timeout=settings.provider_timeout,
+                                    max_connections=settings.provider_max_connections)
+    model = ChatGroq(
+        async_client=completions,
         model=settings.llm_model,
         api_key=_api_key(settings),
         base_url=settings.groq_base_url,
@@ -289,3 +337,4 @@ def build_groq_chat_model(settings: Settings, http_client: httpx.AsyncClient) ->
         max_retries=0,
         timeout=settings.provider_timeout,
     )
+    return model, completions

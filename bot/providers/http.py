@@ -1,4 +1,4 @@
-"""The HTTP client the provider SDKs (Groq, ElevenLabs, D-ID) send their requests through.
+"""The HTTP client the provider SDKs (Groq's Whisper, ElevenLabs, D-ID) send their requests through.
 
 The SDKs take an ``httpx.AsyncClient``. Its default transport, httpcore, costs 2-4.5 ms of
 CPU per provider call here (its pool re-checks every idle connection around each request),

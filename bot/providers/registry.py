@@ -98,11 +98,10 @@ def build_stt(name: str, settings: Settings) -> SpeechToText:
 def build_llm(name: str, settings: Settings, closers: list[Callable[[], Awaitable[None]]]) -> BaseChatModel:
     if name == "groq":
         from bot.providers.groq_cloud import build_groq_chat_model
-        from bot.providers.http import provider_http_client
 
-        client = provider_http_client(settings)
+        model, client = build_groq_chat_model(settings)
         closers.append(client.aclose)
-        return build_groq_chat_model(settings, client)
+        return model
     if name == "local":
         from bot.providers.local_llm import build_local_chat_model
 
