@@ -305,7 +305,7 @@ class DirectCompletions:
         try:
             answer = json.loads(content)
         except ValueError as error:
-            raise MalformedAnswer(f"a {len(content)}-byte body that is not JSON where a chat completion belongs") from error
+            raise MalformedAnswer(f"{len(content)} bytes that are not JSON where a chat completion belongs") from error
         if not isinstance(answer, dict):
             raise MalformedAnswer(f"a {type(answer).__name__} where a chat completion belongs")
         return answer
@@ -313,6 +313,7 @@ class DirectCompletions:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self._client.close()  # its own httpx client, which sends nothing
 
 
 def _compact_json(value: Any) -> str:
