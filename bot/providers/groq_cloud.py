@@ -1,9 +1,9 @@
-"""Groq: Whisper speech-to-text through the ``groq`` SDK, Llama through ``langchain-groq``.
+"""Groq: Whisper speech-to-text, and Llama through ``langchain-groq``.
 
-Both talk to ``GROQ_BASE_URL`` (the SDK's own default when unset). ChatGroq's requests are
-posted with aiohttp (:class:`DirectCompletions`), raising the SDK's own errors. SDK-level
-retries are off: :func:`bot.retry.call_with_retries` retries 429/5xx/timeouts honouring
-``retry-after`` and feeds one circuit breaker per provider.
+Both talk to ``GROQ_BASE_URL`` (the groq SDK's default when unset), posted with aiohttp
+(:class:`GroqHTTP`) and failing with the groq SDK's own errors. No retries at that level:
+:func:`bot.retry.call_with_retries` retries 429/5xx/timeouts honouring ``retry-after`` and
+feeds one circuit breaker per provider.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from bot.config import Settings
 from bot.errors import BadAudioError, ConfigError, ProviderError
 from bot.messages import Audio
 from bot.providers.base import SpeechToText, Transcript
-from bot.providers.http import provider_http_client
 from bot.retry import CircuitBreaker, call_with_retries, parse_retry_after
 
 # File names Groq accepts; Telegram's ".oga" is OGG but is rejected by name.
@@ -109,6 +108,82 @@ def _api_key(settings: Settings) -> str:
     return key
 
 
+class GroqHTTP:
+    """Requests to Groq posted with aiohttp, failing with the groq SDK's own errors.
+
+    The SDK's request path (its options model, header merging, httpx's request and response
+    objects) cost about as much CPU as the rest of a provider call (bench/bench_units.py:
+    0.9 against 0.4 ms for a Whisper upload, 1.2 against 0.2 for a chat answer). The errors a
+    caller sees are the SDK's: a status error is made by ``groq.AsyncGroq`` from the answer
+    (``RateLimitError`` with its ``retry-after``, ``AuthenticationError``...), a timeout or a
+    failed connection raises ``APITimeoutError`` or ``APIConnectionError``, and a body cut
+    halfway raises httpx's ``ReadTimeout`` or ``RemoteProtocolError`` as the SDK's would, so
+    :func:`classify_groq_error` knows them all. ``PROVIDER_TIMEOUT`` is per connect and per
+    read, as httpx counts it; at most ``PROVIDER_MAX_CONNECTIONS`` requests are in flight.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        key = _api_key(settings)
+        self._client = groq.AsyncGroq(api_key=key, base_url=settings.groq_base_url, max_retries=0)
+        self._base = str(self._client.base_url).rstrip("/") + "/openai/v1"
+        self._auth = {"Authorization": f"Bearer {key}"}
+        seconds = settings.provider_timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
+        self._max_connections = settings.provider_max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        return self._session
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[aiohttp.ClientResponse, httpx.Request]:
+        """POST ``body`` to ``path`` (under ``/openai/v1``); the answer, 2xx, with its body
+        unread, and the request as the SDK's errors name it."""
+        url = self._base + path
+        request = httpx.Request("POST", url)
+        try:
+            response = await self._open().post(url, data=body, headers={**self._auth, **headers})
+        except TimeoutError as error:
+            raise groq.APITimeoutError(request=request) from error
+        except aiohttp.ClientError as error:
+            raise groq.APIConnectionError(request=request) from error
+        if response.status >= 400:
+            try:
+                content = await response.read()
+            except (TimeoutError, aiohttp.ClientError):
+                content = b""
+            finally:
+                response.release()
+            answer = httpx.Response(response.status, headers=list(response.headers.items()), content=content,
+                                    request=request)
+            raise self._client._make_status_error_from_response(answer)
+        return response, request
+
+    @staticmethod
+    async def json_object(response: aiohttp.ClientResponse, request: httpx.Request, what: str) -> dict[str, Any]:
+        """The answer's body as a JSON object; :class:`MalformedAnswer` if it is not one."""
+        try:
+            content = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _transport_error(error, request) from error
+        finally:
+            response.release()
+        try:
+            answer = json.loads(content)
+        except ValueError as error:
+            raise MalformedAnswer(f"{len(content)} bytes that are not JSON where {what} belongs") from error
+        if not isinstance(answer, dict):
+            raise MalformedAnswer(f"a {type(answer).__name__} where {what} belongs")
+        return answer
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self._client.close()  # its own httpx client, which sends nothing
+
+
 class GroqWhisperSTT(SpeechToText):
     """Whisper on Groq. Uploads OGG as ``voice.ogg`` (never ``.oga``) and keeps the language."""
 
@@ -116,29 +191,25 @@ class GroqWhisperSTT(SpeechToText):
 
     def __init__(self, settings: Settings, breaker: CircuitBreaker | None = None) -> None:
         self._settings = settings
-        self._http = provider_http_client(settings)
-        self._client = groq.AsyncGroq(
-            api_key=_api_key(settings),
-            base_url=settings.groq_base_url,
-            max_retries=0,
-            timeout=settings.provider_timeout,
-            http_client=self._http,
-        )
+        self._groq = GroqHTTP(settings)
         self._breaker = breaker or CircuitBreaker("speech-to-text")
 
     async def transcribe(self, audio: Audio) -> Transcript:
         extension = _UPLOAD_EXTENSIONS.get(audio.format.lower().lstrip("."), "ogg")
-        options: dict[str, Any] = {"temperature": 0.0}
+        fields = {"model": self._settings.stt_model, "response_format": "verbose_json", "temperature": "0.0"}
         if self._settings.stt_language:
-            options["language"] = self._settings.stt_language
+            fields["language"] = self._settings.stt_language
 
-        async def call() -> Any:
-            return await self._client.audio.transcriptions.create(
-                file=(f"voice.{extension}", audio.data),
-                model=self._settings.stt_model,
-                response_format="verbose_json",
-                **options,
-            )
+        async def call() -> dict[str, Any]:
+            form = aiohttp.FormData()
+            for name, value in fields.items():
+                form.add_field(name, value)
+            form.add_field("file", audio.data, filename=f"voice.{extension}", content_type="application/octet-stream")
+            writer = form()  # encoded in one piece: one write to the socket, not one per part
+            body = await writer.as_bytes()
+            response, request = await self._groq.post(
+                "/audio/transcriptions", body, {"Content-Type": writer.content_type, "Accept": "application/json"})
+            return await GroqHTTP.json_object(response, request, "a transcription")
 
         try:
             result = await call_with_retries(
@@ -149,17 +220,17 @@ class GroqWhisperSTT(SpeechToText):
             if error.status == 400:  # Groq could not decode the file
                 raise BadAudioError(str(error)) from error
             raise
-        text = (getattr(result, "text", "") or "").strip()
-        duration = getattr(result, "duration", None)
+        text = result.get("text")
+        duration = result.get("duration")
+        language = result.get("language")
         return Transcript(
-            text=text,
-            language=language_code(getattr(result, "language", None)),
-            duration=float(duration) if duration is not None else None,
+            text=text.strip() if isinstance(text, str) else "",
+            language=language_code(language if isinstance(language, str) else None),
+            duration=float(duration) if isinstance(duration, int | float) else None,
         )
 
     async def aclose(self) -> None:
-        await self._client.close()
-        await self._http.aclose()
+        await self._groq.aclose()
 
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -243,30 +314,12 @@ class DirectCompletions:
 
     ChatGroq calls ``create(messages=..., model=..., stream=..., **params)`` on its
     ``async_client`` and takes plain dicts back (it would ``model_dump()`` the SDK's objects
-    straight back into them). The groq SDK's request path (its options model, headers,
-    httpx's request and response objects) cost 0.9 ms of CPU per call over the HTTP it sends
-    (bench/bench_units.py), a quarter of a text turn; here the body goes out as ChatGroq gave
-    it. Errors are the SDK's own: a status error is made by ``groq.AsyncGroq`` from the
-    answer, a timeout or a failed connection raises ``APITimeoutError`` or
-    ``APIConnectionError``, a stream cut halfway raises httpx's ``ReadTimeout`` or
-    ``RemoteProtocolError`` as the SDK's stream would.
+    straight back into them). The body goes out as ChatGroq gave it, through
+    :class:`GroqHTTP`, with the SDK's errors.
     """
 
-    def __init__(self, client: groq.AsyncGroq, *, timeout: float, max_connections: int) -> None:
-        self._client = client  # the base URL, the key, and the SDK's errors
-        self._url = str(client.base_url).rstrip("/") + "/openai/v1/chat/completions"
-        self._headers = {"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json",
-                         "Accept": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=timeout, sock_read=timeout)
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  json_serialize=_compact_json)
-        return self._session
+    def __init__(self, http: GroqHTTP) -> None:
+        self._http = http
 
     async def create(self, *, messages: list[dict[str, Any]], model: str, stream: bool | None = False,
                      extra_headers: dict[str, str] | None = None, extra_body: dict[str, Any] | None = None,
@@ -276,44 +329,14 @@ class DirectCompletions:
         body = {"messages": messages, "model": model, "stream": bool(stream)}
         body.update((k, v) for k, v in params.items() if v is not None and not isinstance(v, (NotGiven, Omit)))
         body.update(extra_body or {})
-        headers = {**self._headers, **extra_headers} if extra_headers else self._headers
-        request = httpx.Request("POST", self._url)
-        try:
-            response = await self._open().post(self._url, json=body, headers=headers)
-        except TimeoutError as error:
-            raise groq.APITimeoutError(request=request) from error
-        except aiohttp.ClientError as error:
-            raise groq.APIConnectionError(request=request) from error
-        if response.status >= 400:
-            try:
-                content = await response.read()
-            except (TimeoutError, aiohttp.ClientError):
-                content = b""
-            finally:
-                response.release()
-            answer = httpx.Response(response.status, headers=list(response.headers.items()), content=content,
-                                    request=request)
-            raise self._client._make_status_error_from_response(answer)
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **(extra_headers or {})}
+        response, request = await self._http.post("/chat/completions", _compact_json(body).encode(), headers)
         if stream:
             return ServerSentEvents(response, request)
-        try:
-            content = await response.read()
-        except (TimeoutError, aiohttp.ClientError) as error:
-            raise _transport_error(error, request) from error
-        finally:
-            response.release()
-        try:
-            answer = json.loads(content)
-        except ValueError as error:
-            raise MalformedAnswer(f"{len(content)} bytes that are not JSON where a chat completion belongs") from error
-        if not isinstance(answer, dict):
-            raise MalformedAnswer(f"a {type(answer).__name__} where a chat completion belongs")
-        return answer
+        return await GroqHTTP.json_object(response, request, "a chat completion")
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        await self._client.close()  # its own httpx client, which sends nothing
+        await self._http.aclose()
 
 
 def _compact_json(value: Any) -> str:
@@ -325,9 +348,7 @@ def build_groq_chat_model(settings: Settings) -> tuple[BaseChatModel, DirectComp
     its client, which the caller closes."""
     from langchain_groq import ChatGroq
 
-    client = groq.AsyncGroq(api_key=_api_key(settings), base_url=settings.groq_base_url, max_retries=0)
-    completions = DirectCompletions(client, timeout=settings.provider_timeout,
-                                    max_connections=settings.provider_max_connections)
+    completions = DirectCompletions(GroqHTTP(settings))
     model = ChatGroq(
         async_client=completions,
         model=settings.llm_model,
