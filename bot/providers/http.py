@@ -1,4 +1,6 @@
-"""The HTTP client the provider SDKs (Groq's Whisper, ElevenLabs, D-ID) send their requests through.
+"""The HTTP client the provider SDKs (ElevenLabs, D-ID) send their requests through.
+
+(Groq's requests go over aiohttp directly: ``bot.providers.groq_cloud.GroqHTTP``.)
 
 The SDKs take an ``httpx.AsyncClient``. Its default transport, httpcore, costs 2-4.5 ms of
 CPU per provider call here (its pool re-checks every idle connection around each request),
@@ -60,10 +62,11 @@ BUFFERED_BODY_BYTES = 8 * 1024 * 1024
 class ProviderTransport(AiohttpTransport):
     """httpx-aiohttp's transport with connection errors named as httpcore names them.
 
-    A multipart upload (a voice note to Whisper) is an httpx stream of small pieces, which
-    aiohttp writes to the socket one by one (17 writes for one note); read into one piece
-    first, it goes out in one, and the call costs ~0.15 ms less CPU (0.80-0.87 against
-    0.94-1.11 ms for a 13 kB note, four alternating rounds of 400 calls).
+    A multipart upload (the voice note D-ID animates) is an httpx stream of small pieces,
+    which aiohttp writes to the socket one by one (17 writes for one note); read into one
+    piece first, it goes out in one, and the call costs ~0.15 ms less CPU (measured when
+    Whisper's uploads went this way: 0.80-0.87 against 0.94-1.11 ms for a 13 kB note, four
+    alternating rounds of 400 calls).
     """
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
