@@ -81,14 +81,13 @@ class ChatActionLoop:
         self._bot = bot
         self._to = to
         self._timer: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._run_state: _ActionRun | None = None
+        self._current: _ActionRun | None = None
         self.action: str | None = None
 
     @property
     def active(self) -> bool:
         """An action is waiting out its grace or being shown."""
-        return self._timer is not None or (self._task is not None and not self._task.done())
+        return self._timer is not None or (self._current is not None and self._current.running)
 
     def show(self, action: str, lasting: float = ACTION_MAX_SECONDS) -> None:
         if action == self.action and self.active:
@@ -103,23 +102,16 @@ class ChatActionLoop:
 
     def _start(self, action: str, lasting: float) -> None:
         self._timer = None
-        self._run_state = run = _ActionRun()
-        self._task = asyncio.create_task(self._run(action, lasting, run), name=f"telegram-action-{self._to.chat_id}")
+        self._current = run = _ActionRun()
+        run.task = asyncio.create_task(self._run(action, lasting, run), name=f"telegram-action-{self._to.chat_id}")
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        task, run = self._task, self._run_state
-        if task is not None and run is not None and not task.done():
-            if run.calling:
-                run.stopped = True  # its loop ends when the call returns
-                _FINISHING.add(task)
-                task.add_done_callback(_FINISHING.discard)
-            else:
-                task.cancel()
+        if self._current is not None:
+            self._current.stop()
         self._timer = None
-        self._task = None
-        self._run_state = None
+        self._current = None
         self.action = None
 
     async def _run(self, action: str, lasting: float, run: _ActionRun) -> None:
@@ -144,13 +136,29 @@ class ChatActionLoop:
 
 @dataclass(slots=True)
 class _ActionRun:
-    """One :class:`ChatActionLoop` task's state: whether a call is on the wire, whether to end."""
+    """One :class:`ChatActionLoop` run: its task, whether a call is on the wire, whether to end."""
 
+    task: asyncio.Task[None] | None = None
     calling: bool = False
     stopped: bool = False
 
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
     def on_call(self) -> None:
         self.calling = True
+
+    def stop(self) -> None:
+        """Cancel the run while it waits; a call on the wire is let finish, then the run ends."""
+        if self.task is None or self.task.done():
+            return
+        if self.calling:
+            self.stopped = True
+            _FINISHING.add(self.task)
+            self.task.add_done_callback(_FINISHING.discard)
+        else:
+            self.task.cancel()
 
 
 #: Stopped chat action loops whose last call is still on the wire (a task needs a reference).
