@@ -330,17 +330,14 @@ class DirectCompletions:
         body.update((k, v) for k, v in params.items() if v is not None and not isinstance(v, (NotGiven, Omit)))
         body.update(extra_body or {})
         headers = {"Content-Type": "application/json", "Accept": "application/json", **(extra_headers or {})}
-        response, request = await self._http.post("/chat/completions", _compact_json(body).encode(), headers)
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+        response, request = await self._http.post("/chat/completions", encoded, headers)
         if stream:
             return ServerSentEvents(response, request)
         return await GroqHTTP.json_object(response, request, "a chat completion")
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def _compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 def build_groq_chat_model(settings: Settings) -> tuple[BaseChatModel, DirectCompletions]:
