@@ -10,6 +10,7 @@ from collections.abc import Callable
 import av
 import pytest
 
+from bot.context import estimate_tokens
 from bot.messages import Audio, ChatKind, IncomingMessage, ReplyKind
 from bot.pipeline import Outcome
 from bot.sink import SilentSink
@@ -62,16 +63,27 @@ async def test_text_turn_answers_with_text_and_an_ogg_voice_note(
 
 
 
-async def test_a_sink_that_shows_text_as_it_grows_gets_the_answer_token_by_token(
+async def test_a_sink_that_shows_text_as_it_grows_gets_the_tokens_as_they_arrive(
     make_bot: Callable, groq_fake: FakeGroq
 ) -> None:
-    bot = await make_bot()
-    sink = SilentSink(streams_text=True)
-    assert await bot.handle(msg("stream it"), sink) is Outcome.ANSWERED
-    assert groq_fake.chat_requests[-1].json["stream"] is True
-    answer = sink.replies[0].text
-    assert len(sink.deltas) > 3 and sink.deltas[-1].strip() == answer
-    assert all(later.startswith(earlier) for earlier, later in zip(sink.deltas, sink.deltas[1:]))
+    bot = await make_bot(voice_replies=False)
+    sinks, tokens = [], []
+    for chat, delay in (("paced", 0.01), ("at-once", 0.0)):  # a token per read; the whole answer in one
+        groq_fake.token_delay = delay
+        sink = SilentSink(streams_text=True)
+        assert await bot.handle(msg("stream it", chat=chat), sink) is Outcome.ANSWERED
+        assert groq_fake.chat_requests[-1].json["stream"] is True
+        answer = sink.replies[0].text
+        assert answer == "You said: stream it. I have 0 earlier messages."
+        assert sink.deltas[-1].strip() == answer
+        assert all(later.startswith(earlier) for earlier, later in zip(sink.deltas, sink.deltas[1:]))
+        sinks.append(sink)
+        tokens.append((await bot.store.usage("test", "u1")).tokens - sum(tokens))
+    paced, at_once = sinks
+    assert len(paced.deltas) > 3
+    # Tokens that arrived together come as one piece; the usage in the last chunk still counts.
+    assert len(at_once.deltas) < len(paced.deltas)
+    assert tokens[0] == tokens[1] > 2 * estimate_tokens(paced.replies[0].text)
 
 async def test_voice_turn_uploads_ogg_named_ogg_and_keeps_the_language(
     make_bot: Callable, groq_fake: FakeGroq

@@ -272,6 +272,26 @@ async def test_streamed_events_parse_with_any_line_ending_and_comments(
     assert outcome is Outcome.ANSWERED and sink.replies[0].text == "Hello there!"
 
 
+async def test_tokens_read_together_come_as_one_piece_but_never_across_other_chunks(
+    make_bot: Callable[..., Any], groq_fake: FakeGroq
+) -> None:
+    """One read with a whole answer: runs of text-only chunks merge; a chunk with logprobs, a
+    new role or the final finish reason and usage stays apart, and the usage is still read."""
+    usage = {"prompt_tokens": 70, "completion_tokens": 7, "total_tokens": 77}
+    logprobs = {"content": [{"token": " there", "logprob": -0.1, "bytes": None, "top_logprobs": []}]}
+    chunks = [{**_chunk(""), "x_groq": {"id": "req_1"}}, _chunk("Hel"), _chunk("lo"),
+              {**_chunk(" there"), "choices": [{**_chunk(" there")["choices"][0], "logprobs": logprobs}]},
+              _chunk("!"), _chunk(" Bye"),
+              {**_chunk("", "stop"), "x_groq": {"id": "req_1", "usage": usage}, "usage": usage}]
+    body = b"".join(_event(chunk) for chunk in chunks) + b"data: [DONE]\n\n"
+    bot = await make_bot(provider_retries=0, voice_replies=False)
+    groq_fake.bad_body_next("/chat/completions", body=body, content_type="text/event-stream")
+    outcome, sink, _ = await turn(bot, msg("hi"), streams=True)
+    assert outcome is Outcome.ANSWERED and sink.replies[0].text == "Hello there! Bye"
+    assert sink.deltas == ["Hello", "Hello there", "Hello there! Bye"]
+    assert (await bot.store.usage("test", "u1")).tokens == 77
+
+
 async def test_an_error_event_mid_stream_gets_a_clear_reply(make_bot: Callable[..., Any], groq_fake: FakeGroq) -> None:
     body = _event(_chunk("Partial")) + _event({"error": {"message": "model overloaded", "type": "server_error"}}, "error")
     bot = await make_bot(provider_retries=1, voice_replies=False)
