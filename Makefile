@@ -5,7 +5,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.installed
-REQS := requirements.txt requirements-dev.txt $(wildcard requirements-offline.txt requirements-web.txt) pyproject.toml
+REQS := requirements.txt requirements-dev.txt $(wildcard requirements-offline.txt requirements-web.txt) pyproject.toml Makefile
+
+# llama-cpp-python (offline LLM) is built from source. Left to itself it tunes the build to the
+# CPU that compiles it (GGML_NATIVE), and pip's wheel cache hands that build to any later
+# venv. On one of this project's VMs (an Intel CPU advertising AMX and AVX512-FP16) the native
+# build died with SIGILL on the very machine that built it. So it is built once without
+# CPU-specific tuning (AVX2/FMA/F16C on x86-64, the baseline elsewhere) into a wheelhouse of
+# our own, named after those flags, and installed from there.
+LLAMA_REQ := $(shell grep -E '^llama-cpp-python==' requirements-offline.txt 2>/dev/null)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
+WHEELHOUSE := $(HOME)/.cache/voicebot/wheels-$(shell uname -m)-ggml-portable
 
 .PHONY: run test bench venv clean chromium
 
@@ -13,7 +23,12 @@ $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip==25.3 setuptools==80.9.0 wheel
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
-	@if [ -f requirements-offline.txt ]; then $(PIP) install -q -r requirements-offline.txt; fi
+	@if [ -n "$(LLAMA_REQ)" ]; then \
+		ls $(WHEELHOUSE)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_REQ))-*.whl >/dev/null 2>&1 || \
+			CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEELHOUSE) "$(LLAMA_REQ)"; \
+		$(PIP) install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_REQ))-*.whl; \
+	fi
+	@if [ -f requirements-offline.txt ]; then $(PIP) install -q --find-links $(WHEELHOUSE) -r requirements-offline.txt; fi
 	@if [ -f requirements-offline-nodeps.txt ]; then $(PIP) install -q --no-deps -r requirements-offline-nodeps.txt; fi
 	@if [ -f requirements-web.txt ]; then $(PIP) install -q -r requirements-web.txt; fi
 	$(PIP) install -q --no-deps -e .
