@@ -12,13 +12,15 @@ dependency already, for the webhook) cost 0.5 ms of CPU and 1.6 ms of wall time
 Behaviour follows ``HTTPXRequest``: the same default timeouts and pool size, the proxy from
 ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` (minus ``NO_PROXY``) used, certificates checked
 against certifi's bundle, timeouts raised as ``TimedOut`` and connection failures as
-``NetworkError``. The one difference: aiohttp has no separate write timeout, so a request's
-whole time is bounded by the sum of its timeouts. (aiohttp's own ``trust_env`` would look the
+``NetworkError``. Two differences: aiohttp has no separate write timeout, so a request's
+whole time is bounded by the sum of its timeouts; and a call without a file goes as a JSON
+body (which the Bot API takes for everything but uploads) instead of a form. (aiohttp's own ``trust_env`` would look the
 proxy and ``.netrc`` up in a worker thread on every request: two thread hops a call.)
 """
 
 from __future__ import annotations
 
+import json
 import ssl
 import urllib.request
 from typing import Any
@@ -32,6 +34,8 @@ __all__ = ["AiohttpRequest"]
 
 #: Uploads up to this size are encoded into one piece before they are sent.
 ONE_PIECE_UPLOAD_BYTES = 8 * 1024 * 1024
+
+_JSON = {"Content-Type": "application/json"}
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -111,10 +115,15 @@ class AiohttpRequest(BaseRequest):
         """
         if request_data is None:
             return None, {}
-        fields = request_data.json_parameters
         files = request_data.multipart_data
         if not files:
-            return fields, {}
+            parameters = request_data.parameters
+            if not parameters:
+                return None, {}
+            # The Bot API takes JSON for everything but uploads. A form-urlencoded body, as PTB
+            # sends it, is built by aiohttp's FormData and urlencode: 50 against 5 us a call.
+            return json.dumps(parameters, separators=(",", ":")).encode(), _JSON
+        fields = request_data.json_parameters
         form = aiohttp.FormData()
         for name, value in fields.items():
             form.add_field(name, value)

@@ -178,7 +178,7 @@ async def test_hostile_text_is_answered_or_refused_clearly_and_never_breaks_pars
     assert failures == []
     # Telegram accepted every message as sent (the fake enforces parse_mode and the 4096 limit).
     refused = [r for r in telegram_fake.requests_to("/sendMessage") if r.status != 200]
-    assert refused == [], [(r.status, r.form.get("text", "")[:80]) for r in refused]
+    assert refused == [], [(r.status, r.params.get("text", "")[:80]) for r in refused]
     assert_no_leaks([t for t in telegram_fake.texts(chat) if "You said:" not in t])
 
     history = await stored_history(bot, chat)

@@ -104,7 +104,7 @@ async def test_a_retry_after_longer_than_worth_holding_a_turn_for_is_delivered_l
     assert other_answer.sent_at < refused_at + 1.5
     assert answer.sent_at >= refused_at + 3 and "You said: patience" in answer.text
     assert len(groq_fake.chat_requests) == 2  # the stored answer was delivered, not asked again
-    assert [r.status for r in telegram_fake.requests_to("/sendMessage") if r.form.get("chat_id") == str(chat.id)] == [429, 200]
+    assert [r.status for r in telegram_fake.requests_to("/sendMessage") if r.params.get("chat_id") == str(chat.id)] == [429, 200]
 
 
 async def test_429_on_streamed_edits_and_chat_actions_never_cost_the_answer(

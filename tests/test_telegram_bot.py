@@ -322,8 +322,8 @@ async def test_a_429_on_a_streamed_edit_is_not_resent_with_stale_text(
     edits = telegram_fake.requests_to("/editMessageText")
     refused = [r for r in edits if r.status == 429]
     assert len(refused) == 1 and len(edits) >= 2
-    later = [r.json or r.form for r in edits if r.status == 200 and r.received_at > refused[0].received_at]
-    refused_text = (refused[0].json or refused[0].form)["text"]
+    later = [r.params for r in edits if r.status == 200 and r.received_at > refused[0].received_at]
+    refused_text = refused[0].params["text"]
     assert later and all(body["text"] != refused_text for body in later)
 
 
@@ -350,7 +350,7 @@ async def test_a_streamed_answer_gets_a_final_edit_only_when_it_changes_what_sho
     assert bool(message.entities) is final_edit
     edits = telegram_fake.requests_to("/editMessageText")
     assert all(r.status == 200 for r in edits)  # none refused as "message is not modified"
-    formatted = [r for r in edits if (r.json or r.form).get("parse_mode") == "HTML"]
+    formatted = [r for r in edits if r.params.get("parse_mode") == "HTML"]
     assert len(formatted) == int(final_edit)
 
 

@@ -214,3 +214,27 @@ async def test_an_upload_arrives_whole_sent_in_one_piece_or_streamed(
     assert sent.voice is not None and sent.caption == "hi"
     [stored] = telegram_fake.sent_to(chat, "voice")
     assert stored.file is not None and stored.file.data == voice
+
+
+async def test_calls_without_a_file_go_as_json_and_uploads_as_multipart(telegram_fake: FakeTelegram) -> None:
+    """The Bot API takes JSON for every call but an upload; the fake reads it as Telegram does."""
+    from telegram import Bot, ReplyParameters
+
+    from adapters.telegram_http import AiohttpRequest
+
+    user, chat = telegram_fake.new_private_chat()
+    asked = telegram_fake.send_text(chat, user, "hi")["message"]
+    bot = Bot(telegram_fake.token, base_url=telegram_fake.api_base_url, base_file_url=telegram_fake.file_base_url,
+              request=AiohttpRequest())
+    async with bot:
+        text = await bot.send_message(chat.id, "<b>Ünïcode</b> answer", parse_mode="HTML",
+                                      reply_parameters=ReplyParameters(asked["message_id"]))
+        await bot.send_voice(chat.id, b"OggS" + bytes(300), duration=1)
+    call, upload = telegram_fake.requests_to("/sendMessage")[-1], telegram_fake.requests_to("/sendVoice")[-1]
+    assert call.headers["content-type"] == "application/json"
+    assert call.json == {"chat_id": chat.id, "text": "<b>Ünïcode</b> answer", "parse_mode": "HTML",
+                         "reply_parameters": {"message_id": asked["message_id"]}}
+    assert text.text == "Ünïcode answer" and text.reply_to_message is not None
+    assert text.reply_to_message.message_id == asked["message_id"]
+    assert upload.headers["content-type"].startswith("multipart/form-data") and upload.json is None
+    assert upload.form["chat_id"] == str(chat.id) and "voice" in upload.files

@@ -70,6 +70,15 @@ class RecordedRequest:
     fault: FaultKind | None = None
     abandoned: bool = False
 
+    @property
+    def params(self) -> dict[str, str]:
+        """The parameters however they came (query, form fields, the members of a JSON object),
+        each as a form carries it: strings as they are, anything else JSON-encoded."""
+        params = {**self.query, **self.form}
+        if isinstance(self.json, dict):
+            params.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.json.items()})
+        return params
+
 
 @dataclass(slots=True)
 class Fault:

@@ -1,7 +1,7 @@
 """A local stand-in for the Telegram Bot API, speaking the protocol as python-telegram-bot uses it.
 
 ``POST /bot<token>/<method>`` with form-urlencoded or multipart bodies (non-string values
-JSON-encoded), answers ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
+JSON-encoded) or a JSON body, answers ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
 "description"[, "parameters"]}``; files at ``GET /file/bot<token>/<file_path>``. Point PTB here
 with ``base_url=<fake>/bot`` and ``base_file_url=<fake>/file/bot``.
 
@@ -555,9 +555,7 @@ class FakeTelegram(HttpFake):
     async def _method(self, request: web.Request, recorded: RecordedRequest) -> web.Response:
         if request.match_info["token"] != self.token:
             return self._failure(ApiError("Unauthorized", 401))
-        params = {**recorded.query, **recorded.form}
-        if isinstance(recorded.json, dict):
-            params.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in recorded.json.items()})
+        params = recorded.params
         handler = getattr(self, f"_api_{_snake(recorded.endpoint)}")
         try:
             return self._ok(await handler(params, recorded))
