@@ -147,3 +147,25 @@ def test_access_list() -> None:
 )
 def test_parse_command(text: str, parsed: tuple[str, str] | None) -> None:
     assert parse_command(text) == parsed
+
+
+def test_a_form_encoded_in_one_piece_parses_back_byte_exact() -> None:
+    """What a server's multipart parser (the standard library's here) reads from encode_form."""
+    import email
+    import email.policy
+
+    from bot.multipart import encode_form
+
+    audio = b"OggS\r\n--\r\n\x00\xff" + bytes(range(256)) * 4
+    body, content_type = encode_form(
+        {"model": "whisper-large-v3-turbo", "caption": "Grüße, \"quoted\"\r\nline"},
+        {"file": ('voice "1".ogg', audio, "audio/ogg")},
+    )
+    message = email.message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body,
+                                       policy=email.policy.HTTP)
+    parts = list(message.iter_parts())
+    assert [p.get_param("name", header="content-disposition") for p in parts] == ["model", "caption", "file"]
+    assert parts[0].get_content() == "whisper-large-v3-turbo"
+    assert parts[1].get_payload(decode=True).decode() == "Grüße, \"quoted\"\r\nline"
+    assert parts[2].get_filename() == "voice %221%22.ogg" and parts[2].get_content_type() == "audio/ogg"
+    assert parts[2].get_payload(decode=True) == audio

@@ -22,6 +22,7 @@ from langchain_core.language_models import BaseChatModel
 from bot.config import Settings
 from bot.errors import BadAudioError, ConfigError, ProviderError
 from bot.messages import Audio
+from bot.multipart import encode_form
 from bot.providers.base import SpeechToText, Transcript
 from bot.retry import CircuitBreaker, call_with_retries, parse_retry_after
 
@@ -200,15 +201,11 @@ class GroqWhisperSTT(SpeechToText):
         if self._settings.stt_language:
             fields["language"] = self._settings.stt_language
 
+        body, content_type = encode_form(fields, {"file": (f"voice.{extension}", audio.data, "application/octet-stream")})
+
         async def call() -> dict[str, Any]:
-            form = aiohttp.FormData()
-            for name, value in fields.items():
-                form.add_field(name, value)
-            form.add_field("file", audio.data, filename=f"voice.{extension}", content_type="application/octet-stream")
-            writer = form()  # encoded in one piece: one write to the socket, not one per part
-            body = await writer.as_bytes()
             response, request = await self._groq.post(
-                "/audio/transcriptions", body, {"Content-Type": writer.content_type, "Accept": "application/json"})
+                "/audio/transcriptions", body, {"Content-Type": content_type, "Accept": "application/json"})
             return await GroqHTTP.json_object(response, request, "a transcription")
 
         try:
