@@ -47,6 +47,8 @@ from tests.fakes.plugin import env_for
 from tests.fakes.telegram_api import FakeChat, FakeTelegram, FakeUser
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The stand-ins a crash test runs against, as the ``fakes`` fixture yields them.
+Fakes = tuple[FakeTelegram, FakeGroq, FakeElevenLabs, FakeDID]
 
 pytestmark = pytest.mark.timeout(240)
 

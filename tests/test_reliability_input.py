@@ -28,7 +28,7 @@ from bot.sink import SilentSink
 from bot.text import clean_input
 from tests.databases import fresh_postgres_url, postgres_unavailable
 from tests.fakes.groq import FakeGroq
-from tests.fakes.telegram_api import FakeChat, FakeTelegram, FakeUser
+from tests.fakes.telegram_api import FakeChat, FakeTelegram
 from tests.fakes.telegram_plugin import RunningTelegramBot, StartBot
 
 pytestmark = pytest.mark.timeout(90)

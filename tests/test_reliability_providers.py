@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bot.messages import Audio, IncomingMessage, ReplyKind
+from bot.messages import Audio, IncomingMessage
 from bot.pipeline import Outcome
 from bot.retry import call_with_retries
 from bot.runtime import VoiceBot
