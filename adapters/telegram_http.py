@@ -14,8 +14,9 @@ Behaviour follows ``HTTPXRequest``: the same default timeouts and pool size, the
 against certifi's bundle, timeouts raised as ``TimedOut`` and connection failures as
 ``NetworkError``. Two differences: aiohttp has no separate write timeout, so a request's
 whole time is bounded by the sum of its timeouts; and a call without a file goes as a JSON
-body (which the Bot API takes for everything but uploads) instead of a form. (aiohttp's own ``trust_env`` would look the
-proxy and ``.netrc`` up in a worker thread on every request: two thread hops a call.)
+body (which the Bot API takes for everything but uploads) instead of a form. (aiohttp's own
+``trust_env`` would look the proxy and ``.netrc`` up in a worker thread on every request: two
+thread hops a call.)
 """
 
 from __future__ import annotations

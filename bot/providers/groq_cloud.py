@@ -201,7 +201,8 @@ class GroqWhisperSTT(SpeechToText):
         if self._settings.stt_language:
             fields["language"] = self._settings.stt_language
 
-        body, content_type = encode_form(fields, {"file": (f"voice.{extension}", audio.data, "application/octet-stream")})
+        upload = {"file": (f"voice.{extension}", audio.data, "application/octet-stream")}
+        body, content_type = encode_form(fields, upload)
 
         async def call() -> dict[str, Any]:
             response, request = await self._groq.post(
@@ -316,6 +317,7 @@ class ServerSentEvents:
 #: Fields of a chunk that only carries text (besides ``choices``), as Groq sends them.
 _TEXT_CHUNK_FIELDS = frozenset({"id", "object", "created", "model", "system_fingerprint", "service_tier", "x_groq",
                                 "choices", "usage"})
+_TEXT_CHOICE_FIELDS = frozenset({"index", "delta", "finish_reason", "logprobs"})
 
 
 def _text_delta(chunk: object) -> dict[str, Any] | None:
@@ -330,13 +332,14 @@ def _text_delta(chunk: object) -> dict[str, Any] | None:
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
         return None
     choice = choices[0]
-    if choice.get("index", 0) != 0 or choice.get("finish_reason") or choice.get("logprobs") or choice.keys() - {
-            "index", "delta", "finish_reason", "logprobs"}:
+    if choice.keys() - _TEXT_CHOICE_FIELDS or choice.get("index", 0) != 0:
+        return None
+    if choice.get("finish_reason") or choice.get("logprobs"):
         return None
     delta = choice.get("delta")
-    if not isinstance(delta, dict) or delta.keys() - {"role", "content"} or not isinstance(delta.get("content", ""), str):
+    if not isinstance(delta, dict) or delta.keys() - {"role", "content"}:
         return None
-    return delta
+    return delta if isinstance(delta.get("content", ""), str) else None
 
 
 def _merge_text_chunks(chunks: list[object]) -> list[object]:
