@@ -16,6 +16,7 @@ REQS := requirements.txt requirements-dev.txt $(wildcard requirements-offline.tx
 LLAMA_REQ := $(shell grep -E '^llama-cpp-python==' requirements-offline.txt 2>/dev/null)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF
 WHEELHOUSE := $(HOME)/.cache/voicebot/wheels-$(shell uname -m)-ggml-portable
+LLAMA_WHEEL := $(WHEELHOUSE)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_REQ))-*.whl
 
 .PHONY: run test bench venv clean chromium
 
@@ -24,9 +25,9 @@ $(STAMP): $(REQS)
 	$(PIP) install -q --upgrade pip==25.3 setuptools==80.9.0 wheel
 	$(PIP) install -q -r requirements.txt -r requirements-dev.txt
 	@if [ -n "$(LLAMA_REQ)" ]; then \
-		ls $(WHEELHOUSE)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_REQ))-*.whl >/dev/null 2>&1 || \
+		ls $(LLAMA_WHEEL) >/dev/null 2>&1 || \
 			CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-deps --no-cache-dir -w $(WHEELHOUSE) "$(LLAMA_REQ)"; \
-		$(PIP) install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-$(subst llama-cpp-python==,,$(LLAMA_REQ))-*.whl; \
+		$(PIP) install -q --no-deps --force-reinstall $(LLAMA_WHEEL); \
 	fi
 	@if [ -f requirements-offline.txt ]; then $(PIP) install -q --find-links $(WHEELHOUSE) -r requirements-offline.txt; fi
 	@if [ -f requirements-offline-nodeps.txt ]; then $(PIP) install -q --no-deps -r requirements-offline-nodeps.txt; fi
